@@ -1,0 +1,143 @@
+"""NeatConfig: every size and switch of the model, with JSON round-trip, validation and presets.
+
+A config is the model's identity: bundles, checkpoints and saved session states all carry it (or its
+fingerprint), so a state from one model can never be loaded into another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from neat_edge.errors import NeatError
+
+# Byte vocabulary: 256 byte values plus a few specials (BLT keeps bytes as bytes; specials sit above).
+BOS, EOS, BOI, EOI = 256, 257, 258, 259
+N_SPECIALS = 4
+
+
+@dataclass(frozen=True)
+class NeatConfig:
+    name: str = "custom"
+    # --- bytes and segments (BLT) ---
+    segment_len: int = 128  # bytes per exported step; the session cuts the stream into segments
+    patch_size: int = 4  # fixed patch length (entropy patching replaces this in the BLT issue)
+    context_len: int = 32  # bytes carried across segments for the local layers (state)
+    d_local: int = 128
+    local_heads: int = 4
+    encoder_layers: int = 1
+    decoder_layers: int = 2
+    # --- latent transformer with Titans memory (MAC) ---
+    d_model: int = 160
+    latent_layers: int = 2
+    latent_heads: int = 4
+    mlp_ratio: int = 4
+    persistent_tokens: int = 4  # Titans Eq 19
+    memory_heads: int = 2
+    memory_depth: int = 2  # L_M
+    memory_expansion: int = 2  # hidden width of the memory MLP = expansion * head dim
+    # --- Transformer² experts and MVoT images ---
+    n_experts: int = 4
+    image_codebook_size: int = 256
+    image_grid: int = 8  # image = grid x grid codes
+    # --- misc ---
+    seed: int = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + N_SPECIALS
+
+    @property
+    def patches_per_segment(self) -> int:
+        return -(-self.segment_len // self.patch_size)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "name":
+                if not isinstance(value, str) or not value:
+                    raise NeatError("config field 'name' must be a non-empty string")
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise NeatError(f"config field '{f.name}' must be an integer, got {value!r}")
+            low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers") else 1
+            if value < low:
+                raise NeatError(f"config field '{f.name}' must be >= {low}, got {value}")
+        if self.d_local % self.local_heads:
+            raise NeatError("config field 'd_local' must be divisible by 'local_heads'")
+        if self.d_model % self.latent_heads:
+            raise NeatError("config field 'd_model' must be divisible by 'latent_heads'")
+        if self.d_model % self.memory_heads:
+            raise NeatError("config field 'd_model' must be divisible by 'memory_heads'")
+        if not 1 <= self.memory_depth <= 4:
+            raise NeatError(f"config field 'memory_depth' must be in 1..4, got {self.memory_depth}")
+        if self.segment_len % self.patch_size:
+            raise NeatError("config field 'segment_len' must be a multiple of 'patch_size'")
+
+    # --- JSON round trip ---
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NeatConfig:
+        if not isinstance(data, dict):
+            raise NeatError("config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise NeatError(f"unknown config field '{unknown[0]}'")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> NeatConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise NeatError(f"config is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> NeatConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise NeatError(f"cannot read config {path}: {exc.strerror}") from None
+        return cls.from_json(text)
+
+    def fingerprint(self) -> str:
+        """Short hash of the architecture (not the weights): states and bundles are checked against it."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, NeatConfig] = {
+    # < 2 M parameters: the test suite's model and the bundled default.
+    "tiny": NeatConfig(name="tiny"),
+    # ~20 M parameters.
+    "small": NeatConfig(
+        name="small", segment_len=256, context_len=64, d_local=256, encoder_layers=2, decoder_layers=3,
+        d_model=384, latent_layers=6, latent_heads=6, memory_heads=4, n_experts=8, image_codebook_size=512,
+    ),
+    # ~120 M parameters.
+    "base": NeatConfig(
+        name="base", segment_len=512, context_len=128, d_local=384, local_heads=6, encoder_layers=2,
+        decoder_layers=4, d_model=768, latent_layers=10, latent_heads=12, memory_heads=6, n_experts=8,
+        image_codebook_size=1024, persistent_tokens=8,
+    ),
+}
+
+
+def preset(name: str) -> NeatConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise NeatError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})") from None

@@ -1,0 +1,138 @@
+"""Bundles: a directory with the graphs, `neat.json` (the manifest), the initial state and the
+PyTorch checkpoint the graphs came from. Opening one checks format version and every checksum."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy
+from safetensors.torch import save_file
+
+import neat_edge
+from neat_edge.config import NeatConfig
+from neat_edge.errors import NeatError
+from neat_edge.export.spec import STATE_IN, GraphSpec
+from neat_edge.fileio import atomic_write, atomic_write_json, sha256_file
+from neat_edge.model.checkpoint import save_checkpoint
+from neat_edge.model.neat import NeatModel, count_parameters
+
+FORMAT, FORMAT_VERSION = "neat-bundle", 1
+MANIFEST, INITIAL_STATE, CHECKPOINT_DIR = "neat.json", "initial_state.safetensors", "checkpoint"
+
+
+def tool_versions() -> dict:
+    versions = {"neat_edge": neat_edge.__version__, "python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+    return versions
+
+
+def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path, on_target=None) -> dict:
+    """Build every target into out_dir plus initial state and checkpoint; returns the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graphs = {}
+    for target in targets:
+        entry = target.build(model, spec, out_dir)
+        graphs[target.name] = {**entry, **spec.to_dict()}
+        if on_target:
+            on_target(target.name, out_dir / entry["file"])
+    init = model.initial_state(1)
+    atomic_write(out_dir / INITIAL_STATE,
+                 lambda tmp: save_file({STATE_IN + k: v.contiguous() for k, v in init.items()}, str(tmp)))
+    save_checkpoint(model, out_dir / CHECKPOINT_DIR)
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "config": model.cfg.to_dict(), "fingerprint": model.cfg.fingerprint(),
+        "parameters": count_parameters(model), "svf_rank": model.svf_rank,
+        "graphs": graphs, "initial_state": INITIAL_STATE, "checkpoint": CHECKPOINT_DIR,
+        "files": {str(p.relative_to(out_dir)): sha256_file(p) for p in files},
+        "tools": tool_versions(), "parity": None,
+    }
+
+
+def staging_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+
+
+def install_bundle(staged: Path, out: Path) -> None:
+    """Move a finished bundle into place (replacing an older bundle at that path)."""
+    if out.exists():
+        if not (out / MANIFEST).is_file():
+            raise NeatError(f"refusing to overwrite {out}: it exists and is not a NEAT bundle")
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staged.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staged.rename(out)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+
+    @property
+    def config(self) -> NeatConfig:
+        return NeatConfig.from_dict(self.manifest["config"])
+
+    def graph(self, target: str = "onnx") -> tuple[Path, GraphSpec]:
+        try:
+            entry = self.manifest["graphs"][target]
+        except KeyError:
+            raise NeatError(f"bundle {self.path} has no '{target}' graph "
+                            f"(it has: {', '.join(self.manifest['graphs']) or 'none'})") from None
+        return self.path / entry["file"], GraphSpec.from_dict(entry)
+
+    def initial_state(self) -> dict[str, np.ndarray]:
+        try:
+            state = load_numpy(str(self.path / self.manifest["initial_state"]))
+        except (SafetensorError, OSError) as exc:
+            raise NeatError(f"corrupted initial state in bundle {self.path}: {exc}") from None
+        return {k[len(STATE_IN):]: v for k, v in state.items()}
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / self.manifest["checkpoint"]
+
+    def save_manifest(self) -> None:
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+
+
+def open_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
+    path = Path(path)
+    if not path.exists():
+        raise NeatError(f"bundle not found: {path}")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise NeatError(f"{path} is not a NEAT bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NeatError(f"corrupted bundle manifest {manifest_path}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise NeatError(f"{manifest_path} is not a NEAT bundle manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise NeatError(f"bundle {path} has format version {manifest.get('format_version')}, this neat-edge "
+                        f"reads version {FORMAT_VERSION}: re-export it with this version")
+    for rel, digest in manifest.get("files", {}).items():
+        f = path / rel
+        if not f.is_file():
+            raise NeatError(f"bundle {path} is incomplete: {rel} is missing")
+        if verify_checksums and sha256_file(f) != digest:
+            raise NeatError(f"bundle {path} is corrupted: checksum of {rel} does not match the manifest")
+    return Bundle(path, manifest)

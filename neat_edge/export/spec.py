@@ -1,0 +1,92 @@
+"""GraphSpec: *what* an exported graph takes and returns — separate from how each target builds it.
+
+The spec is the contract between model, exporters and runtimes: input/output names, dtypes, shapes
+with named dynamic axes, and which input/output pairs carry state from one step to the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from neat_edge.model.neat import NeatModel
+
+STATE_IN, STATE_OUT = "state.", "next_state."
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64"
+    shape: tuple  # ints are fixed, strings name a dynamic axis
+    doc: str = ""
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "dynamic_axes": {str(k): v for k, v in self.dynamic_axes.items()}, "doc": self.doc}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorSpec:
+        return cls(d["name"], d["dtype"], tuple(d["shape"]), d.get("doc", ""))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    state: tuple[tuple[str, str], ...] = field(default=())  # (input name, output name) pairs
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "inputs": [t.to_dict() for t in self.inputs],
+                "outputs": [t.to_dict() for t in self.outputs],
+                "state": [{"input": i, "output": o} for i, o in self.state]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraphSpec:
+        return cls(d["name"], tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+                   tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+                   tuple((s["input"], s["output"]) for s in d["state"]))
+
+
+def state_specs(model: NeatModel) -> list[TensorSpec]:
+    cfg = model.cfg
+    specs = [TensorSpec("byte_context", "int64", ("batch", cfg.context_len), "last bytes seen (BLT local context)"),
+             TensorSpec("latent_carry", "float32", ("batch", cfg.d_model), "latent output of the previous patch")]
+    for i, layer in enumerate(model.latent.layers):
+        mem = layer.memory
+        for kind, doc in (("weight", "Titans memory MLP weights (Eq 13)"), ("momentum", "surprise momentum S (Eq 14)")):
+            for l, (o, n) in enumerate(mem.shapes):
+                specs.append(TensorSpec(f"memory.{i}.{kind}.{l}", "float32", ("batch", mem.heads, o, n), doc))
+    return specs
+
+
+def step_spec(model: NeatModel) -> GraphSpec:
+    """The one-segment step graph of a NeatModel."""
+    cfg = model.cfg
+    states = state_specs(model)
+    inputs = [
+        TensorSpec("bytes", "int64", ("batch", "segment"), "byte values 0..255 of this segment"),
+        TensorSpec("patch_ids", "int64", ("batch", "segment"), "patch index of each byte (non-decreasing)"),
+        TensorSpec("patch_mask", "float32", ("batch", "patches"), "1 for real patches, 0 for padding"),
+        TensorSpec("svf_z", "float32", (model.svf_rank,), "Transformer² z: singular-value scales of all SVF layers"),
+    ] + [TensorSpec(STATE_IN + s.name, s.dtype, s.shape, s.doc) for s in states]
+    outputs = [
+        TensorSpec("byte_logprobs", "float32", ("batch", "segment", cfg.vocab_size),
+                   "log p(byte_i | bytes before i), natural log"),
+        TensorSpec("image_logits", "float32", ("batch", "segment", cfg.image_codebook_size), "VQ code logits"),
+        TensorSpec("dispatch_logits", "float32", ("batch", cfg.n_experts), "expert dispatch logits"),
+    ] + [TensorSpec(STATE_OUT + s.name, s.dtype, s.shape, s.doc) for s in states]
+    pairs = tuple((STATE_IN + s.name, STATE_OUT + s.name) for s in states)
+    return GraphSpec("step", tuple(inputs), tuple(outputs), pairs)

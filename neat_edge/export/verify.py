@@ -1,0 +1,77 @@
+"""Parity of exported artifacts against PyTorch: the same bytes scored as one stream, state carried
+across every segment, compared position by position."""
+
+from __future__ import annotations
+
+import math
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from neat_edge.errors import NeatError
+from neat_edge.runtimes.session import Session
+
+DEFAULT_TOLERANCE = 1e-4
+LN2 = math.log(2.0)
+
+
+def default_corpus() -> tuple[bytes, str]:
+    """Real text nobody on this project wrote and every Python install has: CPython's LICENSE.txt
+    (or, where a distribution strips it, the source of the textwrap module)."""
+    lic = Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"
+    if lic.is_file():
+        return lic.read_bytes(), str(lic)
+    src = Path(textwrap.__file__)
+    return src.read_bytes(), str(src)
+
+
+def read_corpus(path: str | Path | None, segments: int | None, segment_len: int) -> tuple[bytes, str]:
+    if path is None:
+        data, name = default_corpus()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise NeatError(f"corpus file not found: {p}")
+        data, name = p.read_bytes(), str(p)
+    if segments is not None:
+        if segments < 1:
+            raise NeatError("--segments must be >= 1")
+        data = data[: segments * segment_len]
+    if not data:
+        raise NeatError(f"corpus {name} is empty")
+    return data, name
+
+
+def bits_per_byte(logp: np.ndarray) -> float:
+    return float(-logp.astype(np.float64).mean() / LN2)
+
+
+def state_max_rel_diff(a: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
+    worst = 0.0
+    for name, r in ref.items():
+        r64, a64 = r.astype(np.float64), a[name].astype(np.float64)
+        worst = max(worst, float(np.abs(a64 - r64).max() / max(np.abs(r64).max(), 1e-12)))
+    return worst
+
+
+def parity_report(reference: Session, candidates: dict[str, Session], data: bytes) -> dict:
+    ref_lp, ref_rows = reference.score_with_distributions(data)
+    seg = reference.config.segment_len
+    report = {
+        "reference": {"backend": reference.backend.name, "bits_per_byte": bits_per_byte(ref_lp),
+                      "bytes": len(data), "segments": -(-len(data) // seg)},
+        "backends": {},
+    }
+    for name, session in candidates.items():
+        lp, rows = session.score_with_distributions(data)
+        report["backends"][name] = {
+            "max_abs_logprob_diff": float(np.abs(lp.astype(np.float64) - ref_lp).max()),
+            "max_abs_logprob_diff_all_bytes": float(np.abs(rows[:, :256].astype(np.float64)
+                                                           - ref_rows[:, :256]).max()),
+            "bits_per_byte": bits_per_byte(lp),
+            "top1_agreement": float((rows.argmax(-1) == ref_rows.argmax(-1)).mean()),
+            "state_max_rel_diff": state_max_rel_diff(session.state, reference.state),
+        }
+    return report

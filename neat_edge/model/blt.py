@@ -1,0 +1,83 @@
+"""BLT byte pipeline: local encoder (bytes -> patches) and local decoder (patches -> next bytes).
+
+Indexing, for one segment of S bytes b_0..b_{S-1} with W context bytes carried from earlier segments:
+  * the encoder runs causally over E = [context ‖ b] (W + S tokens); byte b_i sits at E index W + i
+    and is pooled into its patch patch_ids[i];
+  * b_i is predicted at E index W + i − 1 (it has seen bytes < i only), cross-attending to latent
+    outputs of patches strictly before patch_ids[i] (index 0 of the latent list is the carried
+    output of the previous segment's last patch), so causality holds across patches and segments.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neat_edge.config import NeatConfig
+from neat_edge.model.layers import MLP, Attention, RMSNorm
+
+
+class LocalBlock(nn.Module):
+    """Pre-norm block: optional cross-attention, causal self-attention, MLP."""
+
+    def __init__(self, dim: int, heads: int, cross_dim: int | None = None):
+        super().__init__()
+        self.cross = Attention(dim, heads) if cross_dim else None
+        self.norm_cross = RMSNorm(dim) if cross_dim else None
+        self.norm_attn, self.attn = RMSNorm(dim), Attention(dim, heads)
+        self.norm_mlp, self.mlp = RMSNorm(dim), MLP(dim, 4)
+
+    def forward(self, x, pos, cross_kv=None, cross_mask=None):
+        if self.cross is not None:
+            x = x + self.cross(self.norm_cross(x), cross_kv, cross_mask)
+        causal = pos[:, None] >= pos[None, :]
+        h = self.norm_attn(x)
+        x = x + self.attn(h, h, causal, q_pos=pos, k_pos=pos)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+def patch_onehot(patch_ids: torch.Tensor, n_patches: int | torch.SymInt) -> torch.Tensor:
+    """[B,S] patch index per byte -> [B,S,P] float membership matrix (static rank)."""
+    ids = torch.arange(n_patches, device=patch_ids.device)
+    return (patch_ids.unsqueeze(-1) == ids).to(torch.float32)
+
+
+class LocalEncoder(nn.Module):
+    def __init__(self, cfg: NeatConfig):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_local)
+        self.layers = nn.ModuleList(LocalBlock(cfg.d_local, cfg.local_heads) for _ in range(cfg.encoder_layers))
+        self.norm = RMSNorm(cfg.d_local)
+        self.to_patch = nn.Linear(cfg.d_local, cfg.d_model)
+
+    def forward(self, tokens, patch_ids, n_patches):
+        """tokens [B, W+S] -> byte hidden [B, W+S, d_local], patches [B, P, d_model] (mean pooled)."""
+        x = self.embed(tokens)
+        pos = torch.arange(tokens.shape[1], device=tokens.device, dtype=x.dtype)
+        for layer in self.layers:
+            x = layer(x, pos)
+        seg = x[:, x.shape[1] - patch_ids.shape[1]:]
+        member = patch_onehot(patch_ids, n_patches)  # [B,S,P]
+        counts = member.sum(1).clamp(min=1.0).unsqueeze(-1)
+        pooled = (member.transpose(1, 2) @ self.norm(seg)) / counts
+        return x, self.to_patch(pooled)
+
+
+class LocalDecoder(nn.Module):
+    def __init__(self, cfg: NeatConfig):
+        super().__init__()
+        self.from_latent = nn.Linear(cfg.d_model, cfg.d_local)
+        self.layers = nn.ModuleList(LocalBlock(cfg.d_local, cfg.local_heads, cross_dim=cfg.d_local)
+                                    for _ in range(cfg.decoder_layers))
+        self.norm = RMSNorm(cfg.d_local)
+
+    def forward(self, byte_hidden, latents, patch_ids):
+        """byte_hidden [B,S,d_local] (position i predicts byte i), latents [B,P+1,d_model]."""
+        kv = self.from_latent(latents)
+        latent_idx = torch.arange(latents.shape[1], device=latents.device)
+        cross_mask = (latent_idx <= patch_ids.unsqueeze(-1)).unsqueeze(1)  # [B,1,S,P+1]
+        pos = torch.arange(byte_hidden.shape[1], device=byte_hidden.device, dtype=byte_hidden.dtype)
+        x = byte_hidden
+        for layer in self.layers:
+            x = layer(x, pos, kv, cross_mask)
+        return self.norm(x)

@@ -1,0 +1,118 @@
+"""NeatModel: one *step* over one segment of bytes, with every piece of state in and out.
+
+    step(bytes [B,S], patch_ids [B,S], patch_mask [B,P], svf_z [R], state) -> (outputs, new state)
+
+bytes ─► LocalEncoder (causal, over carried context ‖ segment) ─► patch pooling
+      ─► LatentTransformer (MAC layers with Titans memory, SVF linears) ─► LocalDecoder
+      ─► byte log-probs [B,S,V], image-token logits [B,S,K], dispatch logits [B,E]
+
+State (all explicit tensors, so the exported graph is a pure function):
+  byte_context           [B, W] int64   last W bytes seen (BOS-filled in a fresh stream)
+  latent_carry           [B, D]         latent output of the previous segment's last patch
+  memory.{i}.weight.{l}  [B, H, o, in]  Titans memory MLP weights of latent layer i, MLP layer l
+  memory.{i}.momentum.{l}               its momentum S (Eq 14)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neat_edge.config import BOS, NeatConfig
+from neat_edge.model.blt import LocalDecoder, LocalEncoder
+from neat_edge.model.latent import LatentTransformer
+from neat_edge.model.mvot import ImageHead
+from neat_edge.model.svf import assign_svf_offsets, svf_layers
+
+
+class NeatModel(nn.Module):
+    def __init__(self, cfg: NeatConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = LocalEncoder(cfg)
+        self.latent = LatentTransformer(cfg)
+        self.latent_start = nn.Parameter(torch.zeros(cfg.d_model))
+        self.decoder = LocalDecoder(cfg)
+        self.byte_head = nn.Linear(cfg.d_local, cfg.vocab_size)
+        self.image_head = ImageHead(cfg.d_local, cfg.image_codebook_size)
+        self.dispatch_head = nn.Linear(cfg.d_model, cfg.n_experts)
+        assign_svf_offsets(self)
+
+    # --- state -----------------------------------------------------------------------------------
+    @property
+    def svf_rank(self) -> int:
+        return sum(layer.rank for _, layer in svf_layers(self))
+
+    def state_names(self) -> list[str]:
+        names = ["byte_context", "latent_carry"]
+        for i in range(self.cfg.latent_layers):
+            for kind in ("weight", "momentum"):
+                names += [f"memory.{i}.{kind}.{l}" for l in range(self.cfg.memory_depth)]
+        return names
+
+    @torch.no_grad()
+    def initial_state(self, batch: int = 1) -> dict[str, torch.Tensor]:
+        state = {
+            "byte_context": torch.full((batch, self.cfg.context_len), BOS, dtype=torch.long),
+            "latent_carry": self.latent_start.detach().unsqueeze(0).expand(batch, -1).clone(),
+        }
+        for i, mem in enumerate(self.latent.init_state(batch)):
+            for l, (w, s) in enumerate(zip(mem["weights"], mem["momentum"])):
+                state[f"memory.{i}.weight.{l}"] = w.detach().clone()
+                state[f"memory.{i}.momentum.{l}"] = s.detach().clone()
+        return state
+
+    def initial_state_trainable(self, batch: int) -> dict[str, torch.Tensor]:
+        """Like initial_state but keeps the graph to M_0 and latent_start, for training."""
+        state = {
+            "byte_context": torch.full((batch, self.cfg.context_len), BOS, dtype=torch.long,
+                                       device=self.latent_start.device),
+            "latent_carry": self.latent_start.unsqueeze(0).expand(batch, -1),
+        }
+        for i, mem in enumerate(self.latent.init_state(batch)):
+            for l, (w, s) in enumerate(zip(mem["weights"], mem["momentum"])):
+                state[f"memory.{i}.weight.{l}"], state[f"memory.{i}.momentum.{l}"] = w, s
+        return state
+
+    def _memory_states(self, state):
+        depth = self.cfg.memory_depth
+        return [{"weights": [state[f"memory.{i}.weight.{l}"] for l in range(depth)],
+                 "momentum": [state[f"memory.{i}.momentum.{l}"] for l in range(depth)]}
+                for i in range(self.cfg.latent_layers)]
+
+    # --- one step --------------------------------------------------------------------------------
+    def step(self, data, patch_ids, patch_mask, svf_z, state):
+        context = state["byte_context"]
+        w = context.shape[1]
+        tokens = torch.cat([context, data], dim=1)
+        hidden, patches = self.encoder(tokens, patch_ids, patch_mask.shape[1])
+        latents, mem_states = self.latent(patches, patch_mask, self._memory_states(state), svf_z)
+
+        carry = state["latent_carry"].unsqueeze(1)
+        byte_hidden = hidden[:, w - 1 : hidden.shape[1] - 1]  # position i predicts byte i
+        dec = self.decoder(byte_hidden, torch.cat([carry, latents], dim=1), patch_ids)
+
+        n_valid = patch_mask.sum(-1, keepdim=True)
+        last = (torch.arange(patch_mask.shape[1], device=data.device) == (n_valid - 1)).to(latents.dtype)
+        pooled = (latents * patch_mask.unsqueeze(-1)).sum(1) / n_valid.clamp(min=1.0)
+        outputs = {
+            "byte_logprobs": torch.log_softmax(self.byte_head(dec), dim=-1),
+            "image_logits": self.image_head(dec),
+            "dispatch_logits": self.dispatch_head(pooled),
+        }
+        new_state = {
+            "byte_context": tokens[:, tokens.shape[1] - w:],
+            "latent_carry": (last.unsqueeze(-1) * latents).sum(1),
+        }
+        for i, mem in enumerate(mem_states):
+            for l, (mw, ms) in enumerate(zip(mem["weights"], mem["momentum"])):
+                new_state[f"memory.{i}.weight.{l}"] = mw
+                new_state[f"memory.{i}.momentum.{l}"] = ms
+        return outputs, new_state
+
+    def default_svf_z(self) -> torch.Tensor:
+        return torch.ones(self.svf_rank, device=self.latent_start.device)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,176 @@
+"""Titans neural long-term memory (Behrouz et al. 2501.00663; seeds 002 and 004).
+
+The memory is an MLP M (depth L_M, SiLU between layers, one small MLP per head) whose weights are
+trained *at test time* on the associative loss ℓ_t = ‖M_{t-1}(k_t) − v_t‖² / d (Eq 12; the 1/d,
+as in titans-pytorch's mean-squared error, keeps the step θ independent of the head width) with
+momentum and forgetting:
+
+    S_t = η_t S_{t-1} − θ_t ∇ℓ(M_{t'}; x_t)          (Eq 10/14, surprise with momentum)
+    M_t = (1 − α_t) M_{t-1} + S_t                     (Eq 13, forgetting)
+    y_t = M*_t(q_t)                                    (Eq 15, retrieval)
+
+Chunked parallel form (Eq 16–18): inside a chunk every gradient is taken at the chunk-start weights
+M_0 (t' = chunk start), so with β_i = Π_{j≤i}(1−α_j) and H_i = Π_{j≤i} η_j the chunk end is
+
+    M_b = β_b M_0 + (Σ_i β_b/β_i · H_i) S_0 − Σ_k c_k ∇ℓ_k,   c_k = θ_k Σ_{i≥k} (β_b/β_i)(H_i/H_k)
+    S_b = H_b S_0 − Σ_k d_k ∇ℓ_k,                             d_k = θ_k H_b/H_k
+
+and since ∇_{W_l} ℓ_k = δ_{l,k} a_{l-1,k}ᵀ (analytic backprop through the MLP), each Σ_k c_k ∇ℓ_k is
+a single GEMM (δ_l ⊙ c)ᵀ a_{l-1}: no autograd, no per-token weight tensors, no loop over tokens.
+All products are formed in log space (cumsum of logs) and every exponent is ≤ 0, so nothing
+overflows. The whole thing is differentiable, so the outer loss trains W_K, W_V, W_Q, the gates and M_0.
+
+State = {"weights": [W_1..W_L], "momentum": [S_1..S_L]}, each [batch, heads, d_out, d_in].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neat_edge.model.layers import RMSNorm
+
+MemoryState = dict[str, list[torch.Tensor]]
+
+
+def silu_grad(z: torch.Tensor) -> torch.Tensor:
+    """σ'(z) = s (1 + z (1 − s)), s = sigmoid(z) (seed 002 §3.3)."""
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+class NeuralMemory(nn.Module):
+    def __init__(self, dim: int, heads: int = 1, depth: int = 2, chunk_size: int = 64, expansion: int = 2,
+                 alpha_init: float = 0.02, theta_init: float = 0.01, eta_init: float = 0.9,
+                 theta_max: float = 0.1):
+        super().__init__()
+        if dim % heads:
+            raise ValueError("dim must be divisible by heads")
+        self.dim, self.heads, self.depth, self.chunk_size = dim, heads, depth, chunk_size
+        self.head_dim = d = dim // heads
+        widths = [d] + [d * expansion] * (depth - 1) + [d]
+        self.shapes = [(widths[i + 1], widths[i]) for i in range(depth)]  # (d_out, d_in) per layer
+        # Eq 11: key / value / query projections.
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        # Inputs are RMS-normalised before Eq 11 so value magnitudes (and so surprise) stay bounded.
+        self.norm = RMSNorm(dim)
+        # Data-dependent gates: sigmoid-linear heads, one scalar per head and token. θ is a scaled
+        # sigmoid (θ_max · sigmoid): with a whole chunk's gradients taken at one point, an unbounded
+        # step can make the inner loop diverge over long streams; θ_max bounds it (seed 002 §11.1
+        # initial values: α = 0.02, θ = 0.01, η = 0.9).
+        self.theta_max = theta_max
+        self.gate_alpha, self.gate_theta, self.gate_eta = (nn.Linear(dim, heads) for _ in range(3))
+        for gate, value in ((self.gate_alpha, alpha_init), (self.gate_theta, theta_init / theta_max),
+                            (self.gate_eta, eta_init)):
+            nn.init.zeros_(gate.weight)
+            nn.init.constant_(gate.bias, math.log(value / (1 - value)))
+        # M_0: the learned initial memory weights (trained by the outer loop).
+        self.init_weights = nn.ParameterList(
+            nn.Parameter(torch.randn(heads, o, i) * i**-0.5) for o, i in self.shapes
+        )
+
+    # --- state -------------------------------------------------------------------------------
+    def init_state(self, batch: int) -> MemoryState:
+        weights = [w.unsqueeze(0).expand(batch, -1, -1, -1) for w in self.init_weights]
+        return {"weights": weights, "momentum": [torch.zeros_like(w) for w in weights]}
+
+    # --- Eq 11 and gates -----------------------------------------------------------------------
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.reshape(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def project(self, x: torch.Tensor):
+        """x [B,T,dim] -> k, v, q [B,H,T,head_dim]; keys and queries ℓ2-normalised."""
+        x = self.norm(x)
+        k = F.normalize(self._heads(self.to_k(x)), dim=-1)
+        v = self._heads(self.to_v(x))
+        q = F.normalize(self._heads(self.to_q(x)), dim=-1)
+        return k, v, q
+
+    def gates(self, x: torch.Tensor):
+        """x [B,T,dim] -> alpha (forget), theta (step), eta (momentum), each [B,H,T] in (0, 1)."""
+        x = self.norm(x)
+        alpha, theta, eta = (torch.sigmoid(g(x)).transpose(1, 2) for g in (self.gate_alpha, self.gate_theta,
+                                                                            self.gate_eta))
+        return alpha, theta * self.theta_max, eta
+
+    # --- Eq 15 ---------------------------------------------------------------------------------
+    def _mlp(self, weights: list[torch.Tensor], x: torch.Tensor):
+        """Forward through the memory MLP, keeping pre-activations and layer inputs for backprop."""
+        inputs, pre = [], []
+        a = x
+        for layer, w in enumerate(weights):
+            inputs.append(a)
+            z = a @ w.transpose(-1, -2)
+            pre.append(z)
+            a = F.silu(z) if layer < len(weights) - 1 else z
+        return a, inputs, pre
+
+    def retrieve(self, state: MemoryState, q: torch.Tensor) -> torch.Tensor:
+        """y = M*(q) (Eq 15) for q [B,H,T,head_dim]; returns [B,H,T,head_dim]."""
+        return self._mlp(state["weights"], q)[0]
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        """[B,H,T,head_dim] -> [B,T,dim] through the output projection."""
+        b, h, t, d = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, h * d))
+
+    # --- Eq 12-18: one chunk in closed form ----------------------------------------------------
+    def update(self, state: MemoryState, k, v, alpha, theta, eta) -> MemoryState:
+        """Write all tokens of k/v [B,H,T,d] into memory, chunk by chunk (chunk_size tokens)."""
+        for start in range(0, k.shape[2], self.chunk_size):
+            sl = slice(start, start + self.chunk_size)
+            state = self.update_chunk(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
+                                      eta[..., sl])
+        return state
+
+    def update_chunk(self, state: MemoryState, k, v, alpha, theta, eta) -> MemoryState:
+        """One chunk: every gradient at the chunk-start weights (Eq 16-18), in closed form."""
+        weights, momentum = state["weights"], state["momentum"]
+        pred, inputs, pre = self._mlp(weights, k)
+        delta = (2.0 / v.shape[-1]) * (pred - v)  # ∂ℓ/∂z_L of Eq 12
+
+        t = k.shape[2]
+        log_beta = torch.cumsum(torch.log1p(-alpha.clamp(max=1 - 1e-6)), dim=-1)  # log β_i
+        log_h = torch.cumsum(torch.log(eta.clamp(min=1e-6)), dim=-1)  # log H_i
+        log_beta_end, log_h_end = log_beta[..., -1:], log_h[..., -1:]
+        # expo[k, i] = log(β_b/β_i · H_i/H_k); only i >= k contributes (masked before exp).
+        decay_to_end = log_beta_end - log_beta + log_h  # log(β_b/β_i · H_i)
+        expo = decay_to_end.unsqueeze(-2) - log_h.unsqueeze(-1)
+        later = torch.ones(t, t, dtype=torch.bool, device=k.device).triu()
+        coef_m = theta * torch.exp(torch.where(later, expo, torch.full_like(expo, -math.inf))).sum(-1)
+        coef_s = theta * torch.exp(log_h_end - log_h)
+        carry_m = torch.exp(decay_to_end).sum(-1)[..., None, None]  # weight of S_0 in M_b
+        beta_end = torch.exp(log_beta_end)[..., None]
+        h_end = torch.exp(log_h_end)[..., None]
+
+        new_w, new_s = [None] * len(weights), [None] * len(weights)
+        for layer in reversed(range(len(weights))):
+            a_in = inputs[layer]
+            grad_m = (delta * coef_m.unsqueeze(-1)).transpose(-1, -2) @ a_in  # Σ_k c_k δ_k a_kᵀ
+            grad_s = (delta * coef_s.unsqueeze(-1)).transpose(-1, -2) @ a_in  # Σ_k d_k δ_k a_kᵀ
+            new_w[layer] = beta_end * weights[layer] + carry_m * momentum[layer] - grad_m
+            new_s[layer] = h_end * momentum[layer] - grad_s
+            if layer > 0:
+                delta = (delta @ weights[layer]) * silu_grad(pre[layer - 1])
+        return {"weights": new_w, "momentum": new_s}
+
+    # --- whole sequences -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, state: MemoryState | None = None):
+        """Run [B,T,dim] chunk by chunk: retrieve with the chunk-start memory, then update."""
+        state = self.init_state(x.shape[0]) if state is None else state
+        k, v, q = self.project(x)
+        alpha, theta, eta = self.gates(x)
+        outs = []
+        for start in range(0, x.shape[1], self.chunk_size):
+            sl = slice(start, start + self.chunk_size)
+            outs.append(self.retrieve(state, q[:, :, sl]))
+            state = self.update_chunk(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
+                                      eta[..., sl])
+        return self.merge(torch.cat(outs, dim=2)), state

@@ -1,0 +1,174 @@
+"""Session: a byte stream over any Backend, with all state kept outside the graph.
+
+The stream is cut into segments of `segment_len` bytes from its start. A full segment is run once
+and its state committed; the trailing partial segment is scored with the current state but not
+committed (the graph is causal, so its log-probs are the same as when the segment completes), and
+is kept in the session until more bytes arrive. Hence `score(a); score(b)` equals `score(a + b)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from neat_edge.config import NeatConfig
+from neat_edge.errors import NeatError
+from neat_edge.export.spec import STATE_IN, STATE_OUT
+from neat_edge.fileio import atomic_write
+from neat_edge.patching import segment_patches
+from neat_edge.runtimes.backend import Backend
+
+STATE_FORMAT = "neat-session-state/1"
+
+
+def model_id(config: NeatConfig, initial_state: dict[str, np.ndarray]) -> str:
+    """Identity of a model for saved states: its architecture and its learned initial state."""
+    digest = hashlib.sha256(config.to_json().encode())
+    for name in sorted(initial_state):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(initial_state[name]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Session:
+    def __init__(self, backend: Backend, config: NeatConfig, initial_state: dict[str, np.ndarray],
+                 svf_z: np.ndarray | None = None):
+        self.backend, self.config = backend, config
+        self._initial = {k: np.ascontiguousarray(v) for k, v in initial_state.items()}
+        self.model_id = model_id(config, self._initial)
+        rank = next(t.shape[0] for t in backend.spec.inputs if t.name == "svf_z")
+        self.svf_z = np.ones(rank, np.float32) if svf_z is None else np.asarray(svf_z, np.float32)
+        self.reset()
+
+    # --- stream state ----------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.state = {k: v.copy() for k, v in self._initial.items()}
+        self._pending = b""  # bytes of the current, incomplete segment (already scored)
+        self.position = 0  # bytes consumed since the start of the stream
+
+    def _run(self, segment: bytes, state: dict[str, np.ndarray]):
+        ids, mask = segment_patches(len(segment), self.config.patch_size)
+        feeds = {"bytes": np.frombuffer(segment, np.uint8).astype(np.int64)[None],
+                 "patch_ids": ids[None], "patch_mask": mask[None], "svf_z": self.svf_z}
+        feeds.update({STATE_IN + k: v for k, v in state.items()})
+        out = self.backend.step(feeds)
+        new_state = {k: out[STATE_OUT + k] for k in state}
+        return out, new_state
+
+    def _advance(self, data: bytes, keep_rows: bool = False):
+        """Consume `data`; return log p of each byte (and full log-prob rows if keep_rows)."""
+        seg_len = self.config.segment_len
+        buf = self._pending + bytes(data)
+        scored = len(self._pending)  # bytes of buf already returned by an earlier call
+        chosen, rows = [], []
+
+        def collect(out, seg, lo):
+            lp = out["byte_logprobs"][0]
+            idx = np.frombuffer(seg, np.uint8).astype(np.int64)
+            chosen.append(lp[np.arange(lo, len(seg)), idx[lo:]])
+            if keep_rows:
+                rows.append(lp[lo:])
+
+        pos = 0
+        while len(buf) - pos >= seg_len:
+            seg = buf[pos : pos + seg_len]
+            out, self.state = self._run(seg, self.state)
+            collect(out, seg, max(scored - pos, 0))
+            pos += seg_len
+        rest = buf[pos:]
+        if len(rest) > max(scored - pos, 0):
+            out, _ = self._run(rest, self.state)  # partial segment: scored, state not committed
+            collect(out, rest, max(scored - pos, 0))
+        self._pending = rest
+        self.position += len(data)
+        logp = np.concatenate(chosen) if chosen else np.zeros(0, np.float32)
+        return (logp, np.concatenate(rows) if rows else np.zeros((0, self.config.vocab_size), np.float32)) \
+            if keep_rows else logp
+
+    def score(self, data: bytes) -> np.ndarray:
+        """Natural-log probability of each byte of `data` given everything before it in the stream."""
+        return self._advance(data)
+
+    def score_with_distributions(self, data: bytes):
+        """(log p of each byte, full log-prob rows [len(data), vocab]) — for parity and analysis."""
+        return self._advance(data, keep_rows=True)
+
+    def next_byte_logprobs(self) -> np.ndarray:
+        """Log-probs [vocab] of the next byte of the stream (does not advance it)."""
+        probe = self._pending + b"\0"  # the probe byte is never seen: position len(pending) is causal
+        out, _ = self._run(probe, self.state)
+        return out["byte_logprobs"][0, len(self._pending)]
+
+    # --- generation ------------------------------------------------------------------------------
+    def generate(self, prompt: bytes, max_new_bytes: int, temperature: float = 0.0,
+                 seed: int | None = None) -> bytes:
+        """Consume `prompt`, then sample up to max_new_bytes bytes (greedy when temperature == 0)."""
+        if max_new_bytes < 0:
+            raise NeatError("max_new_bytes must be >= 0")
+        if temperature < 0:
+            raise NeatError("temperature must be >= 0")
+        rng = np.random.default_rng(seed)
+        self.score(prompt)
+        produced = bytearray()
+        for _ in range(max_new_bytes):
+            logp = self.next_byte_logprobs()[:256].astype(np.float64)  # bytes only, never specials
+            if temperature == 0.0:
+                byte = int(np.argmax(logp))
+            else:
+                p = np.exp((logp - logp.max()) / temperature)
+                byte = int(rng.choice(256, p=p / p.sum()))
+            produced.append(byte)
+            self._append_known(bytes([byte]))
+        return bytes(produced)
+
+    def _append_known(self, data: bytes) -> None:
+        """Advance by bytes whose scores are not needed: only completed segments are run."""
+        self._pending += data
+        self.position += len(data)
+        if len(self._pending) == self.config.segment_len:
+            _, self.state = self._run(self._pending, self.state)
+            self._pending = b""
+
+    # --- persistence -----------------------------------------------------------------------------
+    def save_state(self, path: str | Path) -> None:
+        tensors = {STATE_IN + k: np.ascontiguousarray(v) for k, v in self.state.items()}
+        tensors["pending"] = np.frombuffer(self._pending + b"\0", np.uint8).copy()  # never empty
+        meta = {"format": STATE_FORMAT, "model_id": self.model_id, "position": str(self.position),
+                "pending": str(len(self._pending))}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def load_state(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise NeatError(f"state file not found: {path}")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = fh.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise NeatError(f"corrupted state file {path}: {exc}") from None
+        if meta.get("format") != STATE_FORMAT:
+            raise NeatError(f"{path} is not a NEAT session state")
+        if meta.get("model_id") != self.model_id:
+            raise NeatError(f"state file {path} was saved by a different model "
+                            f"(model id {meta.get('model_id')}, this session's is {self.model_id})")
+        state = {}
+        for name, ref in self._initial.items():
+            t = tensors.get(STATE_IN + name)
+            if t is None or t.shape[1:] != ref.shape[1:] or t.dtype != ref.dtype:
+                raise NeatError(f"state file {path} is corrupted: tensor '{name}' is missing or malformed")
+            state[name] = t
+        try:
+            n_pending, position = int(meta["pending"]), int(meta["position"])
+        except (KeyError, ValueError):
+            raise NeatError(f"state file {path} is corrupted: bad metadata") from None
+        pending = tensors["pending"].tobytes()[:n_pending] if "pending" in tensors else None
+        if pending is None or len(pending) != n_pending or n_pending >= self.config.segment_len:
+            raise NeatError(f"state file {path} is corrupted: bad pending bytes")
+        self.state, self._pending, self.position = state, pending, position

@@ -1,0 +1,21 @@
+"""`neat`: the command-line entry point (train, export, parity, run, info)."""
+
+from __future__ import annotations
+
+import typer
+
+from neat_edge.tools.common import run_app
+from neat_edge.tools.train_cmd import train_command
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="NEAT-Edge: train, export, verify and run.")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    """NEAT-Edge: train, export, verify and run byte-level NEAT models."""
+app.command("train")(train_command)
+
+
+def main() -> None:
+    run_app(app)

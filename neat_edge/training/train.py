@@ -1,0 +1,141 @@
+"""Training v0: AdamW, warmup + cosine schedule, gradient clipping, segments chained with the memory
+carried (truncated backprop every `tbptt` segments), held-out bits-per-byte at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from neat_edge.config import NeatConfig
+from neat_edge.fileio import atomic_write_json
+from neat_edge.model.checkpoint import build, save_checkpoint
+from neat_edge.model.neat import NeatModel, count_parameters
+from neat_edge.patching import segment_patches
+from neat_edge.training.data import ByteCorpus
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class TrainOptions:
+    steps: int = 1000
+    batch_size: int = 16
+    segments: int = 4  # segments per training window, chained with state carried
+    tbptt: int = 4  # backprop through at most this many segments
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    seed: int = 0
+    eval_bytes: int = 65536
+    device: str = "cpu"
+
+
+def segment_inputs(cfg: NeatConfig, batch: int, n_bytes: int, device="cpu"):
+    ids, mask = segment_patches(n_bytes, cfg.patch_size)
+    ids_t = torch.from_numpy(ids).to(device).unsqueeze(0).expand(batch, -1)
+    mask_t = torch.from_numpy(mask).to(device).unsqueeze(0).expand(batch, -1)
+    return ids_t, mask_t
+
+
+def chained_nll(model: NeatModel, windows: torch.Tensor, state, tbptt: int | None = None):
+    """Sum of -log p over windows [B, n*S] scored segment by segment with the state carried."""
+    cfg = model.cfg
+    seg = cfg.segment_len
+    ids, mask = segment_inputs(cfg, windows.shape[0], seg, windows.device)
+    z = model.default_svf_z()
+    total = windows.new_zeros((), dtype=torch.float32)
+    for i in range(windows.shape[1] // seg):
+        if tbptt and i and i % tbptt == 0:
+            state = {k: v.detach() for k, v in state.items()}
+        x = windows[:, i * seg : (i + 1) * seg]
+        out, state = model.step(x, ids, mask, z, state)
+        total = total - out["byte_logprobs"].gather(-1, x.unsqueeze(-1)).sum()
+    return total, state
+
+
+@torch.no_grad()
+def evaluate_bpb(model: NeatModel, data: np.ndarray, streams: int = 8, max_bytes: int | None = None,
+                 device: str = "cpu") -> float:
+    """Bits per byte of `data`, split into `streams` contiguous streams scored in parallel with the
+    state carried across segments from a fresh start."""
+    seg = model.cfg.segment_len
+    data = data[:max_bytes] if max_bytes else data
+    per_stream = (len(data) // streams) // seg * seg
+    if per_stream == 0:
+        streams, per_stream = 1, len(data) // seg * seg
+    if per_stream == 0:
+        raise ValueError("evaluation data is shorter than one segment")
+    windows = torch.from_numpy(data[: streams * per_stream].astype(np.int64)).view(streams, per_stream)
+    nll, _ = chained_nll(model, windows.to(device), model.initial_state_trainable(streams))
+    return float(nll) / windows.numel() / LN2
+
+
+def _param_groups(model, weight_decay):
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "init_weights" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "init_weights" in n]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True) -> dict:
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    corpus = ByteCorpus.from_paths(data_paths)
+    model = build(cfg).to(opts.device).train()
+    optim = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.95))
+
+    def lr_factor(step):  # linear warmup, then cosine down to min_lr_ratio
+        if step < opts.warmup:
+            return (step + 1) / opts.warmup
+        progress = (step - opts.warmup) / max(1, opts.steps - opts.warmup)
+        return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
+    window = cfg.segment_len * opts.segments
+    history, start = [], time.time()
+    columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.3f}  bpb {task.fields[bpb]:.3f}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+        task = progress.add_task("train", total=opts.steps, loss=float("nan"), bpb=float("nan"))
+        for step in range(opts.steps):
+            x = torch.from_numpy(corpus.sample(rng, opts.batch_size, window)).to(opts.device)
+            nll, _ = chained_nll(model, x, model.initial_state_trainable(opts.batch_size), opts.tbptt)
+            loss = nll / x.numel()
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
+            optim.step()
+            sched.step()
+            history.append(loss.item())
+            recent = float(np.mean(history[-20:]))
+            progress.update(task, advance=1, loss=recent, bpb=recent / LN2)
+    train_seconds = time.time() - start
+    model.eval()
+    heldout_bpb = evaluate_bpb(model, corpus.heldout, max_bytes=opts.eval_bytes, device=opts.device)
+    model.cpu()
+    out = save_checkpoint(model, out_dir)
+    result = {
+        "command": " ".join(["neat", *sys.argv[1:]]),
+        "config": cfg.to_dict(),
+        "parameters": count_parameters(model),
+        "options": vars(opts),
+        "data": {"files": corpus.files, "train_bytes": int(len(corpus.train)),
+                 "heldout_bytes": int(len(corpus.heldout))},
+        "final_train_loss_nats": float(np.mean(history[-50:])),
+        "heldout_bits_per_byte": heldout_bpb,
+        "train_seconds": round(train_seconds, 1),
+        "bytes_per_second": round(opts.steps * opts.batch_size * window / max(train_seconds, 1e-9), 1),
+        "loss_curve": [round(v, 4) for v in history[:: max(1, len(history) // 100)]],
+    }
+    atomic_write_json(out / "train_log.json", result)
+    return result

@@ -1,0 +1,35 @@
+"""Sequential reference for the Titans memory update, for tests only.
+
+Token by token with torch.autograd.grad, the same mini-batch semantics as the chunked form: within a
+chunk every gradient is taken at the chunk-start weights (t' = t − mod(t, b), Eq 16), while momentum
+(Eq 14) and forgetting (Eq 13) advance per token.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def mlp(weights, x):
+    a = x
+    for i, w in enumerate(weights):
+        a = a @ w.transpose(-1, -2)
+        if i < len(weights) - 1:
+            a = F.silu(a)
+    return a
+
+
+def sequential_update(state, k, v, alpha, theta, eta, chunk_size):
+    weights = [w.clone() for w in state["weights"]]
+    momentum = [s.clone() for s in state["momentum"]]
+    t_total = k.shape[2]
+    chunk_start = [w.clone() for w in weights]
+    for t in range(t_total):
+        if t % chunk_size == 0:
+            chunk_start = [w.detach().clone() for w in weights]
+        w0 = [w.detach().clone().requires_grad_(True) for w in chunk_start]
+        loss = (mlp(w0, k[:, :, t : t + 1]) - v[:, :, t : t + 1]).square().mean(-1).sum()
+        grads = torch.autograd.grad(loss, w0)
+        a, th, et = (g[:, :, t, None, None] for g in (alpha, theta, eta))
+        momentum = [et * s - th * g for s, g in zip(momentum, grads)]
+        weights = [(1 - a) * w + s for w, s in zip(weights, momentum)]
+    return {"weights": weights, "momentum": momentum}
