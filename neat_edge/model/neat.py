@@ -115,4 +115,7 @@ class NeatModel(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Trainable parameters, counting an SVF-converted layer as the dense weight it stands for."""
+    dense_equivalent = sum(layer.in_features * layer.out_features for _, layer in svf_layers(model)
+                           if layer.is_svf)
+    return sum(p.numel() for p in model.parameters()) + dense_equivalent

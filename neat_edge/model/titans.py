@@ -45,7 +45,7 @@ def silu_grad(z: torch.Tensor) -> torch.Tensor:
 class NeuralMemory(nn.Module):
     def __init__(self, dim: int, heads: int = 1, depth: int = 2, chunk_size: int = 64, expansion: int = 2,
                  alpha_init: float = 0.02, theta_init: float = 0.01, eta_init: float = 0.9,
-                 theta_max: float = 0.1):
+                 theta_max: float = 0.02, eta_max: float = 0.95):
         super().__init__()
         if dim % heads:
             raise ValueError("dim must be divisible by heads")
@@ -60,14 +60,14 @@ class NeuralMemory(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
         # Inputs are RMS-normalised before Eq 11 so value magnitudes (and so surprise) stay bounded.
         self.norm = RMSNorm(dim)
-        # Data-dependent gates: sigmoid-linear heads, one scalar per head and token. θ is a scaled
-        # sigmoid (θ_max · sigmoid): with a whole chunk's gradients taken at one point, an unbounded
-        # step can make the inner loop diverge over long streams; θ_max bounds it (seed 002 §11.1
-        # initial values: α = 0.02, θ = 0.01, η = 0.9).
-        self.theta_max = theta_max
+        # Data-dependent gates: sigmoid-linear heads, one scalar per head and token (seed 002 §11.1
+        # initial values: α = 0.02, θ = 0.01, η = 0.9). θ and η are scaled sigmoids (θ_max·σ, η_max·σ):
+        # with a whole chunk's gradients taken at one point the chunk's effective step grows like
+        # θ·b/(1−η), and an unbounded θ or η → 1 lets the inner loop diverge on long streams.
+        self.theta_max, self.eta_max = theta_max, eta_max
         self.gate_alpha, self.gate_theta, self.gate_eta = (nn.Linear(dim, heads) for _ in range(3))
         for gate, value in ((self.gate_alpha, alpha_init), (self.gate_theta, theta_init / theta_max),
-                            (self.gate_eta, eta_init)):
+                            (self.gate_eta, eta_init / eta_max)):
             nn.init.zeros_(gate.weight)
             nn.init.constant_(gate.bias, math.log(value / (1 - value)))
         # M_0: the learned initial memory weights (trained by the outer loop).
@@ -98,7 +98,7 @@ class NeuralMemory(nn.Module):
         x = self.norm(x)
         alpha, theta, eta = (torch.sigmoid(g(x)).transpose(1, 2) for g in (self.gate_alpha, self.gate_theta,
                                                                             self.gate_eta))
-        return alpha, theta * self.theta_max, eta
+        return alpha, theta * self.theta_max, eta * self.eta_max
 
     # --- Eq 15 ---------------------------------------------------------------------------------
     def _mlp(self, weights: list[torch.Tensor], x: torch.Tensor):

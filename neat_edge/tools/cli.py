@@ -5,6 +5,10 @@ from __future__ import annotations
 import typer
 
 from neat_edge.tools.common import run_app
+from neat_edge.tools.export_cli import export_command
+from neat_edge.tools.info_cmd import info_command
+from neat_edge.tools.parity_cmd import parity_command
+from neat_edge.tools.run_cmd import run_command
 from neat_edge.tools.train_cmd import train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -14,7 +18,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
     """NEAT-Edge: train, export, verify and run byte-level NEAT models."""
+
+
 app.command("train")(train_command)
+app.command("export")(export_command)
+app.command("parity")(parity_command)
+app.command("run")(run_command)
+app.command("info")(info_command)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ def train_command(
     steps: int = typer.Option(1000, "--steps", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     segments: int = typer.Option(4, "--segments", min=1, help="Segments per window (memory carried)."),
-    lr: float = typer.Option(3e-3, "--lr"),
+    lr: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),

@@ -3,12 +3,10 @@ carried (truncated backprop every `tbptt` segments), held-out bits-per-byte at t
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +28,7 @@ class TrainOptions:
     batch_size: int = 16
     segments: int = 4  # segments per training window, chained with state carried
     tbptt: int = 4  # backprop through at most this many segments
-    lr: float = 3e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup: int = 50
     weight_decay: float = 0.1
@@ -101,19 +99,24 @@ def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progres
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
     window = cfg.segment_len * opts.segments
-    history, start = [], time.time()
+    history, start, skipped = [], time.time(), 0
     columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}  bpb {task.fields[bpb]:.3f}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
         task = progress.add_task("train", total=opts.steps, loss=float("nan"), bpb=float("nan"))
-        for step in range(opts.steps):
+        for _ in range(opts.steps):
             x = torch.from_numpy(corpus.sample(rng, opts.batch_size, window)).to(opts.device)
             nll, _ = chained_nll(model, x, model.initial_state_trainable(opts.batch_size), opts.tbptt)
             loss = nll / x.numel()
             optim.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                skipped += 1  # a non-finite batch must never reach the weights
+                sched.step()
+                progress.update(task, advance=1)
+                continue
             optim.step()
             sched.step()
             history.append(loss.item())
@@ -132,6 +135,7 @@ def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progres
         "data": {"files": corpus.files, "train_bytes": int(len(corpus.train)),
                  "heldout_bytes": int(len(corpus.heldout))},
         "final_train_loss_nats": float(np.mean(history[-50:])),
+        "skipped_nonfinite_steps": skipped,
         "heldout_bits_per_byte": heldout_bpb,
         "train_seconds": round(train_seconds, 1),
         "bytes_per_second": round(opts.steps * opts.batch_size * window / max(train_seconds, 1e-9), 1),

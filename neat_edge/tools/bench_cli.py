@@ -1,0 +1,100 @@
+"""`neat-bench`: latency and throughput of a bundle on each backend, measured the same way."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from neat_edge.errors import NeatError
+from neat_edge.fileio import atomic_write_json
+from neat_edge.tools.common import console, run_app
+
+
+def _artifact_mb(bundle, backend: str) -> float:
+    if backend.startswith("onnxruntime"):
+        path, _ = bundle.graph("onnx")
+        return path.stat().st_size / 1e6
+    return sum(p.stat().st_size for p in bundle.checkpoint_dir.iterdir()) / 1e6
+
+
+def bench_backend(bundle_dir: Path, backend: str, data: bytes, runs: int, warmup: int, gen_bytes: int) -> dict:
+    from neat_edge.export.bundle import open_bundle
+    from neat_edge.export.verify import bits_per_byte
+    from neat_edge.runtimes import open_session
+
+    session = open_session(bundle_dir, backend=backend)
+    seg = data[: session.config.segment_len]
+    t0 = time.perf_counter()
+    session.score(seg)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(warmup):
+        session._run(seg, session.state)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session._run(seg, session.state)
+        times.append((time.perf_counter() - t0) * 1e3)
+    session.reset()
+    t0 = time.perf_counter()
+    logp = session.score(data)
+    score_s = time.perf_counter() - t0
+    session.reset()
+    t0 = time.perf_counter()
+    session.generate(b"", gen_bytes)
+    gen_s = time.perf_counter() - t0
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {"backend": backend, "precision": "fp32", "size_mb": round(_artifact_mb(open_bundle(bundle_dir), backend), 3),
+            "first_call_ms": round(first_ms, 3),
+            "step_latency_ms": {"p50": float(p50), "p90": float(p90), "p99": float(p99)},
+            "score_bytes_per_s": len(data) / score_s, "generate_bytes_per_s": gen_bytes / gen_s,
+            "bits_per_byte": bits_per_byte(logp)}
+
+
+def bench_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    backends: str = typer.Option("torch,onnxruntime", "--backends", help="Comma-separated backends."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Text to score (default: CPython's LICENSE.txt)."),
+    segments: int = typer.Option(32, "--segments", min=1, help="Segments of the corpus to score."),
+    runs: int = typer.Option(50, "--runs", min=1, help="Timed step runs."),
+    warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed warm-up steps."),
+    generate_bytes: int = typer.Option(128, "--generate-bytes", min=1, help="Bytes to generate for the generation rate."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write results as JSON here."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+):
+    """Benchmark a bundle: size, first call, step latency p50/p90/p99, scoring and generation rates."""
+    from neat_edge.export.bundle import open_bundle
+    from neat_edge.export.verify import read_corpus
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    if not names:
+        raise NeatError("--backends is empty")
+    cfg = open_bundle(bundle).config
+    data, _ = read_corpus(corpus, segments, cfg.segment_len)
+    results = []
+    for name in names:
+        with console.status(f"benchmarking {name}..."):
+            results.append(bench_backend(bundle, name, data, runs, warmup, generate_bytes))
+    table = Table(title=f"neat-bench — {bundle} (segment {cfg.segment_len} bytes)")
+    for col in ("backend", "precision", "size MB", "first call ms", "step p50 ms", "p90", "p99",
+                "score B/s", "generate B/s", "bits/byte"):
+        table.add_column(col, justify="right")
+    for r in results:
+        lat = r["step_latency_ms"]
+        table.add_row(r["backend"], r["precision"], f"{r['size_mb']:.1f}", f"{r['first_call_ms']:.1f}",
+                      f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}",
+                      f"{r['score_bytes_per_s']:.0f}", f"{r['generate_bytes_per_s']:.0f}", f"{r['bits_per_byte']:.4f}")
+    console.print(table)
+    if json_out:
+        atomic_write_json(json_out, {"results": results})
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command()(bench_command)
+
+
+def main() -> None:
+    run_app(app)

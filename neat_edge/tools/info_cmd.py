@@ -1,0 +1,62 @@
+"""`neat info`: what a bundle or preset is — config, size, graph inputs/outputs, parity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from neat_edge.config import PRESETS, NeatConfig
+from neat_edge.errors import NeatError
+from neat_edge.fileio import atomic_write_json
+from neat_edge.tools.common import console
+
+
+def describe(target: str) -> dict:
+    from neat_edge.export.bundle import MANIFEST, open_bundle
+    from neat_edge.export.spec import step_spec
+    from neat_edge.model.checkpoint import is_checkpoint_dir, load
+    from neat_edge.model.neat import count_parameters
+
+    path = Path(target)
+    if (path / MANIFEST).is_file():
+        b = open_bundle(path)
+        m = b.manifest
+        return {"kind": "bundle", "path": str(path), "config": m["config"], "parameters": m["parameters"],
+                "graphs": m["graphs"], "parity": m.get("parity"), "tools": m["tools"]}
+    if target in PRESETS or target == "default" or is_checkpoint_dir(path):
+        model = load(target)
+        return {"kind": "model", "source": target, "config": model.cfg.to_dict(),
+                "parameters": count_parameters(model), "graphs": {"step": step_spec(model).to_dict()}}
+    raise NeatError(f"'{target}' is neither a bundle, a checkpoint directory nor a preset "
+                    f"({', '.join(PRESETS)}, default)")
+
+
+def info_command(
+    target: str = typer.Argument(..., metavar="BUNDLE_OR_PRESET"),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the description as JSON here."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+):
+    """Describe a bundle, a checkpoint or a preset."""
+    info = describe(target)
+    cfg = NeatConfig.from_dict(info["config"])
+    console.print(f"[bold]{cfg.name}[/bold] ({info['kind']}): {info['parameters']:,} parameters, "
+                  f"segment {cfg.segment_len} bytes, patch {cfg.patch_size} bytes "
+                  f"({1024 / cfg.patch_size:.0f} latent steps per KB), {cfg.latent_layers} MAC layers")
+    for name, graph in info["graphs"].items():
+        table = Table(title=f"graph '{name}'" + (f" ({graph['file']})" if "file" in graph else ""))
+        for col in ("", "name", "dtype", "shape"):
+            table.add_column(col)
+        for io in ("inputs", "outputs"):
+            for t in graph[io]:
+                table.add_row(io[:-1], t["name"], t["dtype"], escape("[" + ", ".join(map(str, t["shape"])) + "]"))
+        console.print(table)
+    if info.get("parity"):
+        p = info["parity"]
+        console.print(f"parity: {'passed' if p['passed'] else 'FAILED'} (max |Δ log-prob| "
+                      f"{p['max_abs_logprob_diff']:.2e} over {p['reference']['segments']} segments)")
+    if json_out:
+        atomic_write_json(json_out, json.loads(json.dumps(info, default=str)))

@@ -1,0 +1,55 @@
+"""`neat run`: continue a byte stream from a prompt on any backend."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from neat_edge.errors import NeatError
+from neat_edge.tools.common import console
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None) -> bytes:
+    if prompt is not None and prompt_file is not None:
+        raise NeatError("give either PROMPT or --prompt-file, not both")
+    if prompt_file is not None:
+        if str(prompt_file) == "-":
+            return sys.stdin.buffer.read()
+        if not prompt_file.is_file():
+            raise NeatError(f"prompt file not found: {prompt_file}")
+        return prompt_file.read_bytes()
+    # os.fsencode undoes the surrogate escapes Python uses for non-UTF-8 argv bytes.
+    return os.fsencode(prompt) if prompt is not None else b""
+
+
+def run_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    prompt: str | None = typer.Argument(None, help="Prompt text (any bytes; empty starts a fresh stream)."),
+    prompt_file: Path | None = typer.Option(None, "--prompt-file", help="Read the prompt from a file ('-' = stdin)."),
+    max_bytes: int = typer.Option(128, "--max-bytes", min=0, help="Bytes to generate."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime[:cpu|cuda|coreml] or torch."),
+    state: Path | None = typer.Option(None, "--state", help="Session state file: loaded if present, saved after."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+):
+    """Generate bytes after PROMPT and write them to stdout."""
+    from neat_edge.runtimes import open_session
+
+    data = read_prompt(prompt, prompt_file)
+    session = open_session(bundle, backend=backend)
+    if state is not None and state.exists():
+        session.load_state(state)
+    if len(data) > session.config.segment_len * 64:
+        with console.status(f"reading a {len(data) / 1e6:.1f} MB prompt..."):
+            session.score(data)
+        data = b""
+    out = session.generate(data, max_bytes, temperature=temperature, seed=seed)
+    sys.stdout.buffer.write(out)
+    sys.stdout.buffer.write(b"\n")
+    sys.stdout.buffer.flush()
+    if state is not None:
+        session.save_state(state)
