@@ -17,6 +17,7 @@ from neat_edge.errors import NeatError
 # Byte vocabulary: 256 byte values plus a few specials (BLT keeps bytes as bytes; specials sit above).
 BOS, EOS, BOI, EOI = 256, 257, 258, 259
 N_SPECIALS = 4
+MEMORY_ARCHS = ("mac", "mag", "mal")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class NeatConfig:
     latent_layers: int = 2
     latent_heads: int = 4
     mlp_ratio: int = 4
+    memory_arch: str = "mac"  # Titans variant: mac (memory as context), mag (gate), mal (layer)
+    attn_window: int = 0  # sliding-window length in patches for attention (0 = whole segment)
     persistent_tokens: int = 4  # Titans Eq 19
     memory_heads: int = 2
     memory_depth: int = 2  # L_M
@@ -60,15 +63,18 @@ class NeatConfig:
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "name":
+            if f.name in ("name", "memory_arch"):
                 if not isinstance(value, str) or not value:
-                    raise NeatError("config field 'name' must be a non-empty string")
+                    raise NeatError(f"config field '{f.name}' must be a non-empty string")
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise NeatError(f"config field '{f.name}' must be an integer, got {value!r}")
-            low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers") else 1
+            low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window") else 1
             if value < low:
                 raise NeatError(f"config field '{f.name}' must be >= {low}, got {value}")
+        if self.memory_arch not in MEMORY_ARCHS:
+            raise NeatError(f"config field 'memory_arch' must be one of {', '.join(MEMORY_ARCHS)}, "
+                            f"got {self.memory_arch!r}")
         if self.d_local % self.local_heads:
             raise NeatError("config field 'd_local' must be divisible by 'local_heads'")
         if self.d_model % self.latent_heads:

@@ -124,3 +124,14 @@ def test_bench_json(bundle_dir, tmp_path):
     assert {r["backend"] for r in results} == {"torch", "onnxruntime"}
     for r in results:
         assert r["step_latency_ms"]["p50"] > 0 and r["score_bytes_per_s"] > 0 and r["bits_per_byte"] > 0
+
+
+def test_bench_memory_json(tmp_path):
+    out = tmp_path / "mem.json"
+    p = run("neat-bench", "memory", "--dim", "32", "--heads", "2", "--chunk", "8", "--tokens", "64", "--runs", "1",
+            "--warmup", "0", "--json", str(out))
+    assert p.returncode == 0, p.stderr.decode()
+    res = json.loads(out.read_text())
+    ours = res["implementations"]["neat_edge"]
+    assert ours["inference"]["tokens_per_s"] > 0 and ours["train"]["tokens_per_s"] > 0
+    assert ("speedup" in res) == ("titans_pytorch" in res["implementations"])

@@ -60,15 +60,20 @@ class GraphSpec:
                    tuple((s["input"], s["output"]) for s in d["state"]))
 
 
+STATE_DOCS = {"weight": "Titans memory MLP weights (Eq 13)", "momentum": "surprise momentum S (Eq 14)",
+              "conv_in": "short-convolution history of the memory projections",
+              "conv_out": "short-convolution history of the MAC output projections"}
+
+
 def state_specs(model: NeatModel) -> list[TensorSpec]:
-    cfg = model.cfg
-    specs = [TensorSpec("byte_context", "int64", ("batch", cfg.context_len), "last bytes seen (BLT local context)"),
-             TensorSpec("latent_carry", "float32", ("batch", cfg.d_model), "latent output of the previous patch")]
-    for i, layer in enumerate(model.latent.layers):
-        mem = layer.memory
-        for kind, doc in (("weight", "Titans memory MLP weights (Eq 13)"), ("momentum", "surprise momentum S (Eq 14)")):
-            for l, (o, n) in enumerate(mem.shapes):
-                specs.append(TensorSpec(f"memory.{i}.{kind}.{l}", "float32", ("batch", mem.heads, o, n), doc))
+    specs = []
+    for name, shape in model.state_shapes().items():
+        if name == "byte_context":
+            specs.append(TensorSpec(name, "int64", ("batch", *shape), "last bytes seen (BLT local context)"))
+            continue
+        doc = "latent output of the previous patch" if name == "latent_carry" else \
+            STATE_DOCS[name.split(".")[2]]
+        specs.append(TensorSpec(name, "float32", ("batch", *shape), doc))
     return specs
 
 

@@ -11,6 +11,8 @@ State (all explicit tensors, so the exported graph is a pure function):
   latent_carry           [B, D]         latent output of the previous segment's last patch
   memory.{i}.weight.{l}  [B, H, o, in]  Titans memory MLP weights of latent layer i, MLP layer l
   memory.{i}.momentum.{l}               its momentum S (Eq 14)
+  memory.{i}.conv_in     [B, K-1, 3D]   short-convolution history of the memory projections
+  memory.{i}.conv_out                   (MAC only) the same for the projections of the attention output
 """
 
 from __future__ import annotations
@@ -43,42 +45,35 @@ class NeatModel(nn.Module):
     def svf_rank(self) -> int:
         return sum(layer.rank for _, layer in svf_layers(self))
 
-    def state_names(self) -> list[str]:
-        names = ["byte_context", "latent_carry"]
-        for i in range(self.cfg.latent_layers):
-            for kind in ("weight", "momentum"):
-                names += [f"memory.{i}.{kind}.{l}" for l in range(self.cfg.memory_depth)]
-        return names
+    def state_shapes(self) -> dict[str, tuple]:
+        """Every state tensor's shape after the batch axis, in graph order."""
+        cfg = self.cfg
+        shapes = {"byte_context": (cfg.context_len,), "latent_carry": (cfg.d_model,)}
+        for i, layer in enumerate(self.latent.layers):
+            shapes.update({f"memory.{i}.{k}": v for k, v in layer.state_shapes().items()})
+        return shapes
 
-    @torch.no_grad()
-    def initial_state(self, batch: int = 1) -> dict[str, torch.Tensor]:
-        state = {
-            "byte_context": torch.full((batch, self.cfg.context_len), BOS, dtype=torch.long),
-            "latent_carry": self.latent_start.detach().unsqueeze(0).expand(batch, -1).clone(),
-        }
-        for i, mem in enumerate(self.latent.init_state(batch)):
-            for l, (w, s) in enumerate(zip(mem["weights"], mem["momentum"])):
-                state[f"memory.{i}.weight.{l}"] = w.detach().clone()
-                state[f"memory.{i}.momentum.{l}"] = s.detach().clone()
-        return state
+    def state_names(self) -> list[str]:
+        return list(self.state_shapes())
 
     def initial_state_trainable(self, batch: int) -> dict[str, torch.Tensor]:
-        """Like initial_state but keeps the graph to M_0 and latent_start, for training."""
+        """The state of a fresh stream, keeping the graph to M_0 and latent_start (for training)."""
         state = {
             "byte_context": torch.full((batch, self.cfg.context_len), BOS, dtype=torch.long,
                                        device=self.latent_start.device),
             "latent_carry": self.latent_start.unsqueeze(0).expand(batch, -1),
         }
-        for i, mem in enumerate(self.latent.init_state(batch)):
-            for l, (w, s) in enumerate(zip(mem["weights"], mem["momentum"])):
-                state[f"memory.{i}.weight.{l}"], state[f"memory.{i}.momentum.{l}"] = w, s
+        for i, layer in enumerate(self.latent.layers):
+            state.update({f"memory.{i}.{k}": v for k, v in layer.init_state(batch).items()})
         return state
 
-    def _memory_states(self, state):
-        depth = self.cfg.memory_depth
-        return [{"weights": [state[f"memory.{i}.weight.{l}"] for l in range(depth)],
-                 "momentum": [state[f"memory.{i}.momentum.{l}"] for l in range(depth)]}
-                for i in range(self.cfg.latent_layers)]
+    @torch.no_grad()
+    def initial_state(self, batch: int = 1) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.initial_state_trainable(batch).items()}
+
+    def _layer_states(self, state):
+        return [{k[len(f"memory.{i}."):]: v for k, v in state.items() if k.startswith(f"memory.{i}.")}
+                for i in range(len(self.latent.layers))]
 
     # --- one step --------------------------------------------------------------------------------
     def step(self, data, patch_ids, patch_mask, svf_z, state):
@@ -86,7 +81,7 @@ class NeatModel(nn.Module):
         w = context.shape[1]
         tokens = torch.cat([context, data], dim=1)
         hidden, patches = self.encoder(tokens, patch_ids, patch_mask.shape[1])
-        latents, mem_states = self.latent(patches, patch_mask, self._memory_states(state), svf_z)
+        latents, layer_states = self.latent(patches, patch_mask, self._layer_states(state), svf_z)
 
         carry = state["latent_carry"].unsqueeze(1)
         byte_hidden = hidden[:, w - 1 : hidden.shape[1] - 1]  # position i predicts byte i
@@ -104,10 +99,8 @@ class NeatModel(nn.Module):
             "byte_context": tokens[:, tokens.shape[1] - w:],
             "latent_carry": (last.unsqueeze(-1) * latents).sum(1),
         }
-        for i, mem in enumerate(mem_states):
-            for l, (mw, ms) in enumerate(zip(mem["weights"], mem["momentum"])):
-                new_state[f"memory.{i}.weight.{l}"] = mw
-                new_state[f"memory.{i}.momentum.{l}"] = ms
+        for i, layer_state in enumerate(layer_states):
+            new_state.update({f"memory.{i}.{k}": v for k, v in layer_state.items()})
         return outputs, new_state
 
     def default_svf_z(self) -> torch.Tensor:

@@ -20,7 +20,9 @@ a single GEMM (δ_l ⊙ c)ᵀ a_{l-1}: no autograd, no per-token weight tensors,
 All products are formed in log space (cumsum of logs) and every exponent is ≤ 0, so nothing
 overflows. The whole thing is differentiable, so the outer loss trains W_K, W_V, W_Q, the gates and M_0.
 
-State = {"weights": [W_1..W_L], "momentum": [S_1..S_L]}, each [batch, heads, d_out, d_in].
+State = {"weights": [W_1..W_L], "momentum": [S_1..S_L]} (each [batch, heads, d_out, d_in]) and
+"conv": the last (kernel − 1) pre-convolution k/v/q rows [batch, kernel − 1, 3·dim], so the short
+causal convolution sees across chunk and segment boundaries exactly as over one long sequence.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def silu_grad(z: torch.Tensor) -> torch.Tensor:
 class NeuralMemory(nn.Module):
     def __init__(self, dim: int, heads: int = 1, depth: int = 2, chunk_size: int = 64, expansion: int = 2,
                  alpha_init: float = 0.02, theta_init: float = 0.01, eta_init: float = 0.9,
-                 theta_max: float = 0.02, eta_max: float = 0.95):
+                 theta_max: float = 0.02, eta_max: float = 0.95, conv_kernel: int = 4):
         super().__init__()
         if dim % heads:
             raise ValueError("dim must be divisible by heads")
@@ -58,6 +60,12 @@ class NeuralMemory(nn.Module):
         self.to_v = nn.Linear(dim, dim, bias=False)
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
+        # Short depthwise causal convolution after the k, v, q projections (Titans §4.4), written as
+        # a fixed sum of shifted slices (no Conv op with dynamic padding in the exported graph).
+        self.conv_kernel = conv_kernel
+        conv = torch.zeros(conv_kernel, 3 * dim)
+        conv[-1] = 1.0  # starts as the identity: the current token only
+        self.conv_weight = nn.Parameter(conv)
         # Inputs are RMS-normalised before Eq 11 so value magnitudes (and so surprise) stay bounded.
         self.norm = RMSNorm(dim)
         # Data-dependent gates: sigmoid-linear heads, one scalar per head and token (seed 002 §11.1
@@ -78,7 +86,11 @@ class NeuralMemory(nn.Module):
     # --- state -------------------------------------------------------------------------------
     def init_state(self, batch: int) -> MemoryState:
         weights = [w.unsqueeze(0).expand(batch, -1, -1, -1) for w in self.init_weights]
-        return {"weights": weights, "momentum": [torch.zeros_like(w) for w in weights]}
+        return {"weights": weights, "momentum": [torch.zeros_like(w) for w in weights],
+                "conv": [self.init_conv_state(batch)]}
+
+    def init_conv_state(self, batch: int) -> torch.Tensor:
+        return self.conv_weight.new_zeros(batch, self.conv_kernel - 1, 3 * self.dim)
 
     # --- Eq 11 and gates -----------------------------------------------------------------------
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,12 +98,22 @@ class NeuralMemory(nn.Module):
         return x.reshape(b, t, self.heads, self.head_dim).transpose(1, 2)
 
     def project(self, x: torch.Tensor):
-        """x [B,T,dim] -> k, v, q [B,H,T,head_dim]; keys and queries ℓ2-normalised."""
-        x = self.norm(x)
-        k = F.normalize(self._heads(self.to_k(x)), dim=-1)
-        v = self._heads(self.to_v(x))
-        q = F.normalize(self._heads(self.to_q(x)), dim=-1)
+        """x [B,T,dim] -> k, v, q [B,H,T,head_dim] (Eq 11); keys and queries ℓ2-normalised. The
+        convolution starts from an empty history; see project_stream to continue a stream."""
+        k, v, q, _ = self.project_stream(x, self.init_conv_state(x.shape[0]))
         return k, v, q
+
+    def project_stream(self, x: torch.Tensor, conv_state: torch.Tensor):
+        """project() continuing a stream: returns k, v, q and the next convolution state."""
+        x = self.norm(x)
+        kvq = torch.cat([self.to_k(x), self.to_v(x), self.to_q(x)], dim=-1)
+        padded = torch.cat([conv_state, kvq], dim=1)
+        t, n = x.shape[1], self.conv_kernel
+        mixed = sum(padded[:, j : j + t] * self.conv_weight[j] for j in range(n))
+        k, v, q = mixed.split(self.dim, dim=-1)
+        k = F.normalize(self._heads(k), dim=-1)
+        q = F.normalize(self._heads(q), dim=-1)
+        return k, self._heads(v), q, padded[:, padded.shape[1] - (n - 1):]
 
     def gates(self, x: torch.Tensor):
         """x [B,T,dim] -> alpha (forget), theta (step), eta (momentum), each [B,H,T] in (0, 1)."""
@@ -132,11 +154,22 @@ class NeuralMemory(nn.Module):
 
     def update_chunk(self, state: MemoryState, k, v, alpha, theta, eta) -> MemoryState:
         """One chunk: every gradient at the chunk-start weights (Eq 16-18), in closed form."""
+        return self._read_and_update(state, k, v, alpha, theta, eta, None)[0]
+
+    def _read_and_update(self, state: MemoryState, k, v, alpha, theta, eta, q):
+        """update_chunk, plus (when q is given) the retrieval M*(q) at the same chunk-start weights,
+        computed in the same MLP pass as the keys' forward."""
         weights, momentum = state["weights"], state["momentum"]
-        pred, inputs, pre = self._mlp(weights, k)
+        t = k.shape[2]
+        if q is None:
+            pred, inputs, pre = self._mlp(weights, k)
+            read = None
+        else:
+            out, inputs, pre = self._mlp(weights, torch.cat([k, q], dim=2))
+            pred, read = out[:, :, :t], out[:, :, t:]
+            inputs, pre = [a[:, :, :t] for a in inputs], [z[:, :, :t] for z in pre]
         delta = (2.0 / v.shape[-1]) * (pred - v)  # ∂ℓ/∂z_L of Eq 12
 
-        t = k.shape[2]
         log_beta = torch.cumsum(torch.log1p(-alpha.clamp(max=1 - 1e-6)), dim=-1)  # log β_i
         log_h = torch.cumsum(torch.log(eta.clamp(min=1e-6)), dim=-1)  # log H_i
         log_beta_end, log_h_end = log_beta[..., -1:], log_h[..., -1:]
@@ -159,18 +192,18 @@ class NeuralMemory(nn.Module):
             new_s[layer] = h_end * momentum[layer] - grad_s
             if layer > 0:
                 delta = (delta @ weights[layer]) * silu_grad(pre[layer - 1])
-        return {"weights": new_w, "momentum": new_s}
+        return {**state, "weights": new_w, "momentum": new_s}, read
 
     # --- whole sequences -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: MemoryState | None = None):
         """Run [B,T,dim] chunk by chunk: retrieve with the chunk-start memory, then update."""
         state = self.init_state(x.shape[0]) if state is None else state
-        k, v, q = self.project(x)
+        k, v, q, conv = self.project_stream(x, state["conv"][0])
         alpha, theta, eta = self.gates(x)
         outs = []
         for start in range(0, x.shape[1], self.chunk_size):
             sl = slice(start, start + self.chunk_size)
-            outs.append(self.retrieve(state, q[:, :, sl]))
-            state = self.update_chunk(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
-                                      eta[..., sl])
-        return self.merge(torch.cat(outs, dim=2)), state
+            state, read = self._read_and_update(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
+                                                eta[..., sl], q[:, :, sl])
+            outs.append(read)
+        return self.merge(torch.cat(outs, dim=2)), {**state, "conv": [conv]}

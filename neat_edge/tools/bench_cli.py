@@ -97,4 +97,15 @@ app.command()(bench_command)
 
 
 def main() -> None:
-    run_app(app)
+    """`neat-bench BUNDLE ...` benchmarks a bundle; `neat-bench memory ...` the Titans memory layer."""
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "memory":
+        from neat_edge.tools.bench_memory import memory_command
+
+        memory_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        memory_app.command()(memory_command)
+        sys.argv = [f"{sys.argv[0]} memory", *sys.argv[2:]]
+        run_app(memory_app)
+    else:
+        run_app(app)

@@ -21,6 +21,7 @@ def train_command(
     steps: int = typer.Option(1000, "--steps", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     segments: int = typer.Option(4, "--segments", min=1, help="Segments per window (memory carried)."),
+    tbptt: int = typer.Option(4, "--tbptt", min=1, help="Backprop through at most this many segments."),
     lr: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
@@ -33,7 +34,8 @@ def train_command(
 
         if not torch.cuda.is_available():
             raise NeatError("--device cuda asked for, but no CUDA device is available")
-    opts = TrainOptions(steps=steps, batch_size=batch_size, segments=segments, lr=lr, seed=seed, device=device)
+    opts = TrainOptions(steps=steps, batch_size=batch_size, segments=segments, tbptt=tbptt, lr=lr, seed=seed,
+                        device=device)
     result = train(cfg, [*data, *(more_data or [])], out, opts)
     console.print(f"[green]saved[/green] {out}  params={result['parameters']:,}  "
                   f"held-out bits/byte={result['heldout_bits_per_byte']:.4f}  "
