@@ -95,3 +95,15 @@ def step_spec(model: NeatModel) -> GraphSpec:
     ] + [TensorSpec(STATE_OUT + s.name, s.dtype, s.shape, s.doc) for s in states]
     pairs = tuple((STATE_IN + s.name, STATE_OUT + s.name) for s in states)
     return GraphSpec("step", tuple(inputs), tuple(outputs), pairs)
+
+
+def entropy_spec(model) -> GraphSpec:
+    """The BLT entropy model's own step graph (runs before the main step to decide patches)."""
+    w = model.cfg.context_len
+    ctx = "last bytes seen by the entropy model"
+    inputs = (TensorSpec("bytes", "int64", ("batch", "segment"), "byte values 0..255 of this segment"),
+              TensorSpec(STATE_IN + "byte_context", "int64", ("batch", w), ctx))
+    outputs = (TensorSpec("byte_logprobs", "float32", ("batch", "segment", 256), "log p(byte_i | bytes before i)"),
+               TensorSpec("entropy", "float32", ("batch", "segment"), "entropy (nats) of the next-byte distribution"),
+               TensorSpec(STATE_OUT + "byte_context", "int64", ("batch", w), ctx))
+    return GraphSpec("entropy", inputs, outputs, ((STATE_IN + "byte_context", STATE_OUT + "byte_context"),))

@@ -25,6 +25,7 @@ def train_command(
     lr: float = typer.Option(2e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    entropy_model: bool = typer.Option(False, "--entropy-model", help="Train the BLT entropy model instead."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Train a model (AdamW, cosine schedule, clipping, chained segments) and save a checkpoint."""
@@ -36,7 +37,14 @@ def train_command(
             raise NeatError("--device cuda asked for, but no CUDA device is available")
     opts = TrainOptions(steps=steps, batch_size=batch_size, segments=segments, tbptt=tbptt, lr=lr, seed=seed,
                         device=device)
-    result = train(cfg, [*data, *(more_data or [])], out, opts)
+    paths = [*data, *(more_data or [])]
+    if entropy_model:
+        from neat_edge.model.entropy import EntropyConfig
+        from neat_edge.training.train import train_entropy
+
+        result = train_entropy(EntropyConfig(segment_len=cfg.segment_len), paths, out, opts)
+    else:
+        result = train(cfg, paths, out, opts)
     console.print(f"[green]saved[/green] {out}  params={result['parameters']:,}  "
                   f"held-out bits/byte={result['heldout_bits_per_byte']:.4f}  "
                   f"({result['train_seconds']:.0f}s, {result['bytes_per_second']:.0f} bytes/s)")

@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from neat_edge.config import NeatConfig
 from neat_edge.fileio import atomic_write_json
 from neat_edge.model.checkpoint import build, save_checkpoint
+from neat_edge.model.entropy import EntropyConfig, build_entropy_model, save_entropy_model
 from neat_edge.model.neat import NeatModel, count_parameters
 from neat_edge.patching import segment_patches
 from neat_edge.training.data import ByteCorpus
@@ -45,24 +47,32 @@ def segment_inputs(cfg: NeatConfig, batch: int, n_bytes: int, device="cpu"):
     return ids_t, mask_t
 
 
-def chained_nll(model: NeatModel, windows: torch.Tensor, state, tbptt: int | None = None):
-    """Sum of -log p over windows [B, n*S] scored segment by segment with the state carried."""
-    cfg = model.cfg
-    seg = cfg.segment_len
-    ids, mask = segment_inputs(cfg, windows.shape[0], seg, windows.device)
-    z = model.default_svf_z()
+def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None):
+    """Sum of -log p over windows [B, n*S] scored segment by segment with the state carried.
+    Works for NeatModel (fixed patches) and EntropyModel alike."""
+    seg = model.cfg.segment_len
+    is_neat = isinstance(model, NeatModel)
+    if is_neat:
+        ids, mask = segment_inputs(model.cfg, windows.shape[0], seg, windows.device)
+        z = model.default_svf_z()
     total = windows.new_zeros((), dtype=torch.float32)
     for i in range(windows.shape[1] // seg):
         if tbptt and i and i % tbptt == 0:
             state = {k: v.detach() for k, v in state.items()}
         x = windows[:, i * seg : (i + 1) * seg]
-        out, state = model.step(x, ids, mask, z, state)
+        out, state = model.step(x, ids, mask, z, state) if is_neat else model.step(x, state)
         total = total - out["byte_logprobs"].gather(-1, x.unsqueeze(-1)).sum()
     return total, state
 
 
+def _fresh_state(model, batch: int):
+    if isinstance(model, NeatModel):
+        return model.initial_state_trainable(batch)
+    return model.initial_state(batch)
+
+
 @torch.no_grad()
-def evaluate_bpb(model: NeatModel, data: np.ndarray, streams: int = 8, max_bytes: int | None = None,
+def evaluate_bpb(model, data: np.ndarray, streams: int = 8, max_bytes: int | None = None,
                  device: str = "cpu") -> float:
     """Bits per byte of `data`, split into `streams` contiguous streams scored in parallel with the
     state carried across segments from a fresh start."""
@@ -74,7 +84,7 @@ def evaluate_bpb(model: NeatModel, data: np.ndarray, streams: int = 8, max_bytes
     if per_stream == 0:
         raise ValueError("evaluation data is shorter than one segment")
     windows = torch.from_numpy(data[: streams * per_stream].astype(np.int64)).view(streams, per_stream)
-    nll, _ = chained_nll(model, windows.to(device), model.initial_state_trainable(streams))
+    nll, _ = chained_nll(model, windows.to(device), _fresh_state(model, streams))
     return float(nll) / windows.numel() / LN2
 
 
@@ -84,11 +94,12 @@ def _param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True) -> dict:
+def fit(model, corpus: ByteCorpus, opts: TrainOptions, show_progress: bool = True, label: str = "train") -> dict:
+    """The training loop shared by every byte model: AdamW, warmup + cosine, clipping, chained
+    segments with truncated backprop, non-finite batches skipped. Returns the run's measurements."""
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
-    corpus = ByteCorpus.from_paths(data_paths)
-    model = build(cfg).to(opts.device).train()
+    model.to(opts.device).train()
     optim = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.95))
 
     def lr_factor(step):  # linear warmup, then cosine down to min_lr_ratio
@@ -98,16 +109,16 @@ def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progres
         return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
-    window = cfg.segment_len * opts.segments
+    window = model.cfg.segment_len * opts.segments
     history, start, skipped = [], time.time(), 0
-    columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}  bpb {task.fields[bpb]:.3f}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
-        task = progress.add_task("train", total=opts.steps, loss=float("nan"), bpb=float("nan"))
+        task = progress.add_task(label, total=opts.steps, loss=float("nan"), bpb=float("nan"))
         for _ in range(opts.steps):
             x = torch.from_numpy(corpus.sample(rng, opts.batch_size, window)).to(opts.device)
-            nll, _ = chained_nll(model, x, model.initial_state_trainable(opts.batch_size), opts.tbptt)
+            nll, _ = chained_nll(model, x, _fresh_state(model, opts.batch_size), opts.tbptt)
             loss = nll / x.numel()
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -126,20 +137,37 @@ def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progres
     model.eval()
     heldout_bpb = evaluate_bpb(model, corpus.heldout, max_bytes=opts.eval_bytes, device=opts.device)
     model.cpu()
-    out = save_checkpoint(model, out_dir)
-    result = {
+    return {
         "command": " ".join(["neat", *sys.argv[1:]]),
-        "config": cfg.to_dict(),
+        "config": model.cfg.to_dict(),
         "parameters": count_parameters(model),
         "options": vars(opts),
         "data": {"files": corpus.files, "train_bytes": int(len(corpus.train)),
                  "heldout_bytes": int(len(corpus.heldout))},
-        "final_train_loss_nats": float(np.mean(history[-50:])),
+        "final_train_loss_nats": float(np.mean(history[-50:])) if history else float("nan"),
         "skipped_nonfinite_steps": skipped,
         "heldout_bits_per_byte": heldout_bpb,
         "train_seconds": round(train_seconds, 1),
         "bytes_per_second": round(opts.steps * opts.batch_size * window / max(train_seconds, 1e-9), 1),
         "loss_curve": [round(v, 4) for v in history[:: max(1, len(history) // 100)]],
     }
+
+
+def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True) -> dict:
+    """Train a NeatModel from its seeded init and write a checkpoint directory (+ train_log.json)."""
+    corpus = ByteCorpus.from_paths(data_paths)
+    model = build(cfg)
+    result = fit(model, corpus, opts, show_progress)
+    out = save_checkpoint(model, out_dir)
     atomic_write_json(out / "train_log.json", result)
+    return result
+
+
+def train_entropy(cfg: EntropyConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True) -> dict:
+    """Train the BLT entropy model and write entropy_config.json + entropy_model.safetensors."""
+    corpus = ByteCorpus.from_paths(data_paths)
+    model = build_entropy_model(cfg)
+    result = fit(model, corpus, opts, show_progress, label="entropy")
+    out = save_entropy_model(model, out_dir)
+    atomic_write_json(Path(out) / "entropy_train_log.json", result)
     return result
