@@ -27,6 +27,11 @@ class NeatConfig:
     segment_len: int = 128  # bytes per exported step; the session cuts the stream into segments
     patch_size: int = 4  # fixed patch length (entropy patching replaces this in the BLT issue)
     context_len: int = 32  # bytes carried across segments for the local layers (state)
+    patching: str = "fixed"  # fixed (patch_size bytes) or entropy (BLT entropy patching)
+    target_patch_len: int = 0  # entropy patching: wanted mean patch length x10 (45 = 4.5 bytes); 0 = n/a
+    max_patch_len: int = 16  # entropy patching: longest patch
+    ngram_buckets: int = 0  # hash n-gram (n = 3..8) embedding rows in the local encoder; 0 = off
+    patch_pooling: str = "mean"  # mean, or cross (cross-attention from patch queries to their bytes)
     d_local: int = 128
     local_heads: int = 4
     encoder_layers: int = 1
@@ -63,18 +68,26 @@ class NeatConfig:
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("name", "memory_arch"):
+            if f.name in ("name", "memory_arch", "patching", "patch_pooling"):
                 if not isinstance(value, str) or not value:
                     raise NeatError(f"config field '{f.name}' must be a non-empty string")
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise NeatError(f"config field '{f.name}' must be an integer, got {value!r}")
-            low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window") else 1
+            low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window", "ngram_buckets",
+                                  "target_patch_len") else 1
             if value < low:
                 raise NeatError(f"config field '{f.name}' must be >= {low}, got {value}")
         if self.memory_arch not in MEMORY_ARCHS:
             raise NeatError(f"config field 'memory_arch' must be one of {', '.join(MEMORY_ARCHS)}, "
                             f"got {self.memory_arch!r}")
+        for name, allowed in (("patching", ("fixed", "entropy")), ("patch_pooling", ("mean", "cross"))):
+            if getattr(self, name) not in allowed:
+                raise NeatError(f"config field '{name}' must be one of {', '.join(allowed)}, "
+                                f"got {getattr(self, name)!r}")
+        if self.patching == "entropy" and not 10 <= self.target_patch_len <= 10 * self.max_patch_len:
+            raise NeatError("config field 'target_patch_len' (x10) must be in 10..10*max_patch_len "
+                            "with entropy patching")
         if self.d_local % self.local_heads:
             raise NeatError("config field 'd_local' must be divisible by 'local_heads'")
         if self.d_model % self.latent_heads:
@@ -127,15 +140,18 @@ class NeatConfig:
 
 PRESETS: dict[str, NeatConfig] = {
     # < 2 M parameters: the test suite's model and the bundled default.
-    "tiny": NeatConfig(name="tiny"),
+    "tiny": NeatConfig(name="tiny", patching="entropy", target_patch_len=46, max_patch_len=16, ngram_buckets=1024,
+                       patch_pooling="cross", d_local=112),
     # ~20 M parameters.
     "small": NeatConfig(
-        name="small", segment_len=256, context_len=64, d_local=256, encoder_layers=2, decoder_layers=3,
+        name="small", patching="entropy", target_patch_len=46, ngram_buckets=4096, patch_pooling="cross",
+        segment_len=256, context_len=64, d_local=256, encoder_layers=2, decoder_layers=3,
         d_model=384, latent_layers=6, latent_heads=6, memory_heads=4, n_experts=8, image_codebook_size=512,
     ),
     # ~120 M parameters.
     "base": NeatConfig(
-        name="base", segment_len=512, context_len=128, d_local=384, local_heads=6, encoder_layers=2,
+        name="base", patching="entropy", target_patch_len=46, ngram_buckets=8192, patch_pooling="cross",
+        segment_len=512, context_len=128, d_local=384, local_heads=6, encoder_layers=2,
         decoder_layers=4, d_model=768, latent_layers=10, latent_heads=12, memory_heads=6, n_experts=8,
         image_codebook_size=1024, persistent_tokens=8,
     ),

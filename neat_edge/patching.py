@@ -85,10 +85,23 @@ def mean_patch_length(starts: np.ndarray) -> float:
     return len(starts) / max(int(np.count_nonzero(starts)), 1)
 
 
+def segmented_starts(patcher: EntropyPatcher, entropies: np.ndarray, segment_len: int | None) -> np.ndarray:
+    """Patch starts when every segment of segment_len bytes also starts a patch (as in the session)."""
+    if not segment_len:
+        return patcher.starts(entropies)[0]
+    parts, prev = [], None
+    for a in range(0, len(entropies), segment_len):
+        part, st = patcher.starts(entropies[a : a + segment_len], PatcherState(prev_entropy=prev))
+        parts.append(part)
+        prev = st.prev_entropy
+    return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+
 def find_threshold(entropies: np.ndarray, target_mean_len: float, relative_threshold: float | None = None,
-                   max_patch_len: int = 16, iters: int = 60) -> EntropyPatcher:
+                   max_patch_len: int = 16, iters: int = 60, segment_len: int | None = None) -> EntropyPatcher:
     """Bisection on θ_g so the mean patch length over `entropies` hits target_mean_len (a higher θ_g
-    gives fewer, longer patches; the mean is monotone in θ_g)."""
+    gives fewer, longer patches; the mean is monotone in θ_g). segment_len counts the patch starts
+    forced at segment starts."""
     if not 1.0 <= target_mean_len <= max_patch_len:
         raise ValueError(f"target mean patch length must be in [1, {max_patch_len}]")
     h = np.asarray(entropies, dtype=np.float64)
@@ -97,7 +110,7 @@ def find_threshold(entropies: np.ndarray, target_mean_len: float, relative_thres
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         patcher = EntropyPatcher(mid, relative_threshold, max_patch_len)
-        length = mean_patch_length(patcher.starts(h)[0])
+        length = mean_patch_length(segmented_starts(patcher, h, segment_len))
         best = patcher
         if abs(length - target_mean_len) / target_mean_len < 1e-3:
             break

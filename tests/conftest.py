@@ -28,6 +28,9 @@ def bundle_dir(tmp_path_factory, model):
     """One verified ONNX bundle of the default model, shared by the whole suite."""
     from neat_edge.export.pipeline import export_bundle
 
+    from neat_edge.model.checkpoint import DEFAULT_CHECKPOINT
+    from neat_edge.model.entropy import load_patching
+
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(model, out, log=lambda *_: None)
+    export_bundle(model, out, log=lambda *_: None, patching=load_patching(DEFAULT_CHECKPOINT))
     return out

@@ -15,7 +15,8 @@ def test_streaming_equals_batch(bundle_dir, corpus, backend):
     cuts = [0, 1, 129, 130, 400, 700, 1000]  # inside, at and across segment boundaries
     parts = np.concatenate([s.score(data[a:b]) for a, b in zip(cuts, cuts[1:])])
     assert parts.shape == whole.shape == (1000,)
-    np.testing.assert_allclose(parts, whole, atol=1e-5, rtol=0)
+    # equal up to fp32 reduction-order noise: a partial segment runs with a shorter shape
+    np.testing.assert_allclose(parts, whole, atol=5e-5, rtol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -31,9 +32,17 @@ def test_save_load_continuation(bundle_dir, corpus, backend, tmp_path):
 
 
 def test_state_from_another_model_is_refused(bundle_dir, tmp_path):
-    from neat_edge.model.checkpoint import load
+    from neat_edge.config import NeatConfig
+    from neat_edge.export.bundle import open_bundle
+    from neat_edge.model.checkpoint import build
+    from neat_edge.model.entropy import default_patching
+    from neat_edge.model.svf import convert_to_svf
 
-    other = open_model_session(load("tiny"))  # same architecture, different weights
+    cfg = NeatConfig.from_dict({**open_bundle(bundle_dir).config.to_dict(), "seed": 123})  # other weights
+    model = build(cfg)
+    convert_to_svf(model)
+    patching = default_patching(cfg, bytes(range(256)) * 16) if cfg.patching == "entropy" else None
+    other = open_model_session(model.eval(), patching=patching)
     other.score(b"hello")
     other.save_state(tmp_path / "other.safetensors")
     s = open_session(bundle_dir, "onnxruntime")
@@ -77,7 +86,7 @@ def test_generation_continues_the_stream(bundle_dir):
     ref = open_session(bundle_dir, "onnxruntime")
     ref.score(b"Hello" + out)
     assert s.position == ref.position == 155
-    np.testing.assert_allclose(s.score(b"tail"), ref.score(b"tail"), atol=1e-5)
+    np.testing.assert_allclose(s.score(b"tail"), ref.score(b"tail"), atol=5e-5)
 
 
 def test_non_utf8_and_empty_inputs(bundle_dir):

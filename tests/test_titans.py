@@ -50,3 +50,28 @@ def test_gradients_reach_projections_gates_and_initial_memory():
     for p in (mem.to_k.weight, mem.to_v.weight, mem.to_q.weight, mem.gate_alpha.bias, mem.gate_theta.bias,
               mem.gate_eta.bias, mem.init_weights[0]):
         assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_single_head_accepts_unheaded_tensors_and_shared_gates():
+    torch.manual_seed(0)
+    mem = NeuralMemory(16, heads=1, depth=2, chunk_size=5).double()
+    state = mem.init_state(2)
+    k, v, q = mem.project(torch.randn(2, 12, 16, dtype=torch.float64))
+    alpha, theta, eta = (torch.rand(2, 12, dtype=torch.float64) * 0.3 for _ in range(3))
+    a = mem.update(state, k[:, 0], v[:, 0], alpha, theta, eta)
+    b = mem.update(state, k, v, alpha[:, None], theta[:, None], eta[:, None])
+    for x, y in zip(a["weights"], b["weights"]):
+        torch.testing.assert_close(x, y)
+    torch.testing.assert_close(mem.retrieve(a, q[:, 0]), mem.retrieve(b, q)[:, 0])
+    ref = sequential_update(state, k, v, alpha[:, None], theta[:, None], eta[:, None], 5)
+    for x, y in zip(a["weights"], ref["weights"]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-9)
+
+
+def test_gate_initialisations_follow_the_seeds():
+    mem = NeuralMemory(32, heads=4)
+    alpha, theta, eta = mem.gates(torch.zeros(1, 3, 32))
+    torch.testing.assert_close(alpha, torch.full_like(alpha, 0.02))
+    torch.testing.assert_close(eta, torch.full_like(eta, 0.9))
+    # θ = 0.01 per unit of mean squared error, i.e. 0.01 / head_dim on Eq 12's summed loss
+    torch.testing.assert_close(theta, torch.full_like(theta, 0.01 / mem.head_dim))

@@ -27,7 +27,7 @@ def sequential_update(state, k, v, alpha, theta, eta, chunk_size):
         if t % chunk_size == 0:
             chunk_start = [w.detach().clone() for w in weights]
         w0 = [w.detach().clone().requires_grad_(True) for w in chunk_start]
-        loss = (mlp(w0, k[:, :, t : t + 1]) - v[:, :, t : t + 1]).square().mean(-1).sum()
+        loss = (mlp(w0, k[:, :, t : t + 1]) - v[:, :, t : t + 1]).square().sum()
         grads = torch.autograd.grad(loss, w0)
         a, th, et = (g[:, :, t, None, None] for g in (alpha, theta, eta))
         momentum = [et * s - th * g for s, g in zip(momentum, grads)]

@@ -38,8 +38,10 @@ def tool_versions() -> dict:
     return versions
 
 
-def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path, on_target=None) -> dict:
-    """Build every target into out_dir plus initial state and checkpoint; returns the manifest."""
+def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path, on_target=None,
+                       patching=None) -> dict:
+    """Build every target into out_dir plus initial state and checkpoint; returns the manifest.
+    patching = (entropy model, EntropyPatcher) for entropy patching: its graph is built too."""
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = {}
     for target in targets:
@@ -51,6 +53,22 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
     atomic_write(out_dir / INITIAL_STATE,
                  lambda tmp: save_file({STATE_IN + k: v.contiguous() for k, v in init.items()}, str(tmp)))
     save_checkpoint(model, out_dir / CHECKPOINT_DIR)
+    patching_entry = {"kind": "fixed", "patch_size": model.cfg.patch_size}
+    if model.cfg.patching == "entropy":
+        if patching is None:
+            raise NeatError("this model uses entropy patching: an entropy model and patcher are needed to export it")
+        from dataclasses import asdict
+
+        from neat_edge.export.onnx import export_entropy_onnx
+        from neat_edge.model.entropy import save_patching
+
+        entropy_model, patcher = patching
+        entropy_graph = export_entropy_onnx(entropy_model, out_dir)
+        if on_target:
+            on_target("onnx (entropy)", out_dir / entropy_graph["file"])
+        save_patching(out_dir / CHECKPOINT_DIR, entropy_model, patcher)
+        patching_entry = {"kind": "entropy", **asdict(patcher), "entropy_context_len": entropy_model.cfg.context_len,
+                          "graphs": {"onnx": entropy_graph}}
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -58,7 +76,7 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
         "parameters": count_parameters(model), "svf_rank": model.svf_rank,
         "graphs": graphs, "initial_state": INITIAL_STATE, "checkpoint": CHECKPOINT_DIR,
         "files": {str(p.relative_to(out_dir)): sha256_file(p) for p in files},
-        "tools": tool_versions(), "parity": None,
+        "tools": tool_versions(), "parity": None, "patching": patching_entry,
     }
 
 
@@ -104,6 +122,10 @@ class Bundle:
         except (SafetensorError, OSError) as exc:
             raise NeatError(f"corrupted initial state in bundle {self.path}: {exc}") from None
         return {k[len(STATE_IN):]: v for k, v in state.items()}
+
+    @property
+    def patching(self) -> dict:
+        return self.manifest.get("patching") or {"kind": "fixed", "patch_size": self.config.patch_size}
 
     @property
     def checkpoint_dir(self) -> Path:

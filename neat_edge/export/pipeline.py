@@ -25,7 +25,7 @@ def _quiet_exporter_logs() -> None:
 
 def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: bool = True,
                   corpus: str | Path | None = None, segments: int = PARITY_SEGMENTS,
-                  tolerance: float = DEFAULT_TOLERANCE, log=print) -> dict:
+                  tolerance: float = DEFAULT_TOLERANCE, log=print, patching=None) -> dict:
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         raise NeatError(f"unknown export target '{unknown[0]}' (available here: {', '.join(TARGETS)})")
@@ -39,7 +39,7 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
         def report_target(name, path):
             log(f"{name}: {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {time.time() - start:.1f}s")
 
-        manifest = write_bundle_files(model, spec, [TARGETS[t]() for t in targets], staged, report_target)
+        manifest = write_bundle_files(model, spec, [TARGETS[t]() for t in targets], staged, report_target, patching)
         bundle = Bundle(staged, manifest)
         bundle.save_manifest()
         if verify:

@@ -61,7 +61,9 @@ def parity_report(reference: Session, candidates: dict[str, Session], data: byte
     seg = reference.config.segment_len
     report = {
         "reference": {"backend": reference.backend.name, "bits_per_byte": bits_per_byte(ref_lp),
-                      "bytes": len(data), "segments": -(-len(data) // seg)},
+                      "bytes": len(data), "segments": -(-len(data) // seg),
+                      "patching": reference.patches.kind, "mean_patch_length": reference.mean_patch_length,
+                      "latent_steps_per_kb": 1024 / reference.mean_patch_length},
         "backends": {},
     }
     for name, session in candidates.items():
@@ -73,5 +75,6 @@ def parity_report(reference: Session, candidates: dict[str, Session], data: byte
             "bits_per_byte": bits_per_byte(lp),
             "top1_agreement": float((rows.argmax(-1) == ref_rows.argmax(-1)).mean()),
             "state_max_rel_diff": state_max_rel_diff(session.state, reference.state),
+            "mean_patch_length": session.mean_patch_length,
         }
     return report

@@ -42,24 +42,61 @@ def patch_onehot(patch_ids: torch.Tensor, n_patches: int | torch.SymInt) -> torc
     return (patch_ids.unsqueeze(-1) == ids).to(torch.float32)
 
 
+NGRAM_SIZES = range(3, 9)  # BLT hash n-gram embeddings, n = 3..8
+NGRAM_BASE = 263  # polynomial hash base (prime > vocab); 263^7 · 260 stays far inside int64
+
+
+def ngram_hashes(tokens: torch.Tensor, buckets: int) -> list[torch.Tensor]:
+    """For each n in 3..8, the bucket of the n-gram ending at every position of tokens [B, L]
+    (positions before the start read as BOS). Plain int64 Mul/Add/Mod: exportable, deterministic."""
+    from neat_edge.config import BOS
+
+    longest = max(NGRAM_SIZES)
+    pad = torch.full((tokens.shape[0], longest - 1), BOS, dtype=tokens.dtype, device=tokens.device)
+    padded = torch.cat([pad, tokens], dim=1)
+    length = tokens.shape[1]
+    out, h = [], torch.zeros_like(tokens)
+    for k in range(longest):  # h accumulates tok[j-k] · BASE^k
+        start = longest - 1 - k
+        h = h + padded[:, start : start + length] * (NGRAM_BASE**k)
+        n = k + 1
+        if n in NGRAM_SIZES:
+            out.append((h + n * 1_000_003) % buckets)  # salt by n: one shared table, distinct rows per n
+    return out
+
+
 class LocalEncoder(nn.Module):
+    """Byte (+ hash n-gram) embeddings, causal local layers, and pooling of each patch's bytes:
+    mean pooling, refined (patch_pooling = "cross") by cross-attention from the patch query to the
+    bytes of that patch only (BLT §3.2; the mask comes from patch_ids, so the rank stays static)."""
+
     def __init__(self, cfg: NeatConfig):
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_local)
+        self.ngram_buckets = cfg.ngram_buckets
+        self.ngram_embed = nn.Embedding(cfg.ngram_buckets, cfg.d_local) if cfg.ngram_buckets else None
         self.layers = nn.ModuleList(LocalBlock(cfg.d_local, cfg.local_heads) for _ in range(cfg.encoder_layers))
         self.norm = RMSNorm(cfg.d_local)
+        self.cross = Attention(cfg.d_local, cfg.local_heads) if cfg.patch_pooling == "cross" else None
+        self.norm_query = RMSNorm(cfg.d_local) if self.cross is not None else None
         self.to_patch = nn.Linear(cfg.d_local, cfg.d_model)
 
     def forward(self, tokens, patch_ids, n_patches):
-        """tokens [B, W+S] -> byte hidden [B, W+S, d_local], patches [B, P, d_model] (mean pooled)."""
+        """tokens [B, W+S] -> byte hidden [B, W+S, d_local], patches [B, P, d_model]."""
         x = self.embed(tokens)
+        if self.ngram_embed is not None:
+            for idx in ngram_hashes(tokens, self.ngram_buckets):
+                x = x + self.ngram_embed(idx)
         pos = torch.arange(tokens.shape[1], device=tokens.device, dtype=x.dtype)
         for layer in self.layers:
             x = layer(x, pos)
-        seg = x[:, x.shape[1] - patch_ids.shape[1]:]
+        seg = self.norm(x[:, x.shape[1] - patch_ids.shape[1]:])
         member = patch_onehot(patch_ids, n_patches)  # [B,S,P]
         counts = member.sum(1).clamp(min=1.0).unsqueeze(-1)
-        pooled = (member.transpose(1, 2) @ self.norm(seg)) / counts
+        pooled = (member.transpose(1, 2) @ seg) / counts
+        if self.cross is not None:
+            mask = (member.transpose(1, 2) > 0).unsqueeze(1)  # [B,1,P,S]: a patch sees its own bytes
+            pooled = pooled + self.cross(self.norm_query(pooled), seg, mask)
         return x, self.to_patch(pooled)
 
 

@@ -131,3 +131,41 @@ def load_entropy_model(path: str | Path) -> EntropyModel:
     except RuntimeError as exc:
         raise NeatError(f"entropy model weights in {path} do not match its config: {str(exc).splitlines()[0]}") from None
     return model.eval()
+
+
+PATCHER_FILE = "patcher.json"
+
+
+def save_patching(out_dir: str | Path, model: EntropyModel, patcher) -> Path:
+    """Store an entropy model and its patcher thresholds next to a NEAT checkpoint."""
+    out = save_entropy_model(model, out_dir)
+    atomic_write_json(out / PATCHER_FILE, dataclasses.asdict(patcher))
+    return out
+
+
+def load_patching(path: str | Path):
+    """(EntropyModel, EntropyPatcher) stored in a checkpoint directory, or None if it has none."""
+    from neat_edge.patching import EntropyPatcher
+
+    path = Path(path)
+    if not (path / PATCHER_FILE).is_file():
+        return None
+    try:
+        patcher = EntropyPatcher(**json.loads((path / PATCHER_FILE).read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise NeatError(f"corrupted {path / PATCHER_FILE}: {exc}") from None
+    return load_entropy_model(path), patcher
+
+
+def calibrate_patcher(model: EntropyModel, data: bytes, target_mean_len: float, max_patch_len: int,
+                      segment_len: int):
+    """θ_g for a target mean patch length, measured on `data` with segment starts forced."""
+    from neat_edge.patching import find_threshold
+
+    return find_threshold(model.entropies(data), target_mean_len, None, max_patch_len, segment_len=segment_len)
+
+
+def default_patching(cfg, data: bytes):
+    """A preset's patching: the seeded (untrained) entropy model, calibrated on `data`."""
+    model = build_entropy_model(EntropyConfig(segment_len=cfg.segment_len)).eval()
+    return model, calibrate_patcher(model, data, cfg.target_patch_len / 10, cfg.max_patch_len, cfg.segment_len)

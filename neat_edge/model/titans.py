@@ -1,9 +1,8 @@
 """Titans neural long-term memory (Behrouz et al. 2501.00663; seeds 002 and 004).
 
 The memory is an MLP M (depth L_M, SiLU between layers, one small MLP per head) whose weights are
-trained *at test time* on the associative loss ℓ_t = ‖M_{t-1}(k_t) − v_t‖² / d (Eq 12; the 1/d,
-as in titans-pytorch's mean-squared error, keeps the step θ independent of the head width) with
-momentum and forgetting:
+trained *at test time* on the associative loss ℓ_t = ‖M_{t-1}(k_t) − v_t‖² (Eq 12) with momentum
+and forgetting:
 
     S_t = η_t S_{t-1} − θ_t ∇ℓ(M_{t'}; x_t)          (Eq 10/14, surprise with momentum)
     M_t = (1 − α_t) M_{t-1} + S_t                     (Eq 13, forgetting)
@@ -72,7 +71,9 @@ class NeuralMemory(nn.Module):
         # initial values: α = 0.02, θ = 0.01, η = 0.9). θ and η are scaled sigmoids (θ_max·σ, η_max·σ):
         # with a whole chunk's gradients taken at one point the chunk's effective step grows like
         # θ·b/(1−η), and an unbounded θ or η → 1 lets the inner loop diverge on long streams.
-        self.theta_max, self.eta_max = theta_max, eta_max
+        # theta_init / theta_max are per unit of the *mean* squared error (as in titans-pytorch), so
+        # the step on Eq 12's summed loss is divided by the head width: θ_t = θ_max·σ(·) / head_dim.
+        self.theta_max, self.eta_max = theta_max / self.head_dim, eta_max
         self.gate_alpha, self.gate_theta, self.gate_eta = (nn.Linear(dim, heads) for _ in range(3))
         for gate, value in ((self.gate_alpha, alpha_init), (self.gate_theta, theta_init / theta_max),
                             (self.gate_eta, eta_init / eta_max)):
@@ -135,8 +136,16 @@ class NeuralMemory(nn.Module):
         return a, inputs, pre
 
     def retrieve(self, state: MemoryState, q: torch.Tensor) -> torch.Tensor:
-        """y = M*(q) (Eq 15) for q [B,H,T,head_dim]; returns [B,H,T,head_dim]."""
-        return self._mlp(state["weights"], q)[0]
+        """y = M*(q) (Eq 15) for q [B,H,T,head_dim] (or [B,T,d] when heads == 1); same shape out."""
+        y = self._mlp(state["weights"], self._with_heads(q))[0]
+        return y.squeeze(1) if q.dim() == 3 else y
+
+    def _with_heads(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 3:
+            if self.heads != 1:
+                raise ValueError("3-D k/v/q [B,T,d] are only accepted by a single-head memory")
+            return t.unsqueeze(1)
+        return t
 
     def merge(self, y: torch.Tensor) -> torch.Tensor:
         """[B,H,T,head_dim] -> [B,T,dim] through the output projection."""
@@ -145,7 +154,10 @@ class NeuralMemory(nn.Module):
 
     # --- Eq 12-18: one chunk in closed form ----------------------------------------------------
     def update(self, state: MemoryState, k, v, alpha, theta, eta) -> MemoryState:
-        """Write all tokens of k/v [B,H,T,d] into memory, chunk by chunk (chunk_size tokens)."""
+        """Write all tokens of k/v [B,H,T,d] ([B,T,d] when heads == 1) into memory, chunk by chunk
+        (chunk_size tokens). Gates are [B,H,T] or [B,T] (one gate shared by all heads)."""
+        k, v = self._with_heads(k), self._with_heads(v)
+        alpha, theta, eta = (g.unsqueeze(1) if g.dim() == 2 else g for g in (alpha, theta, eta))
         for start in range(0, k.shape[2], self.chunk_size):
             sl = slice(start, start + self.chunk_size)
             state = self.update_chunk(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
@@ -168,7 +180,7 @@ class NeuralMemory(nn.Module):
             out, inputs, pre = self._mlp(weights, torch.cat([k, q], dim=2))
             pred, read = out[:, :, :t], out[:, :, t:]
             inputs, pre = [a[:, :, :t] for a in inputs], [z[:, :, :t] for z in pre]
-        delta = (2.0 / v.shape[-1]) * (pred - v)  # ∂ℓ/∂z_L of Eq 12
+        delta = 2.0 * (pred - v)  # ∂ℓ/∂z_L of Eq 12
 
         log_beta = torch.cumsum(torch.log1p(-alpha.clamp(max=1 - 1e-6)), dim=-1)  # log β_i
         log_h = torch.cumsum(torch.log(eta.clamp(min=1e-6)), dim=-1)  # log H_i

@@ -19,8 +19,8 @@ from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
 from neat_edge.export.spec import STATE_IN, STATE_OUT
 from neat_edge.fileio import atomic_write
-from neat_edge.patching import segment_patches
 from neat_edge.runtimes.backend import Backend
+from neat_edge.runtimes.patches import FixedPatches
 
 STATE_FORMAT = "neat-session-state/1"
 
@@ -36,10 +36,12 @@ def model_id(config: NeatConfig, initial_state: dict[str, np.ndarray]) -> str:
 
 class Session:
     def __init__(self, backend: Backend, config: NeatConfig, initial_state: dict[str, np.ndarray],
-                 svf_z: np.ndarray | None = None):
+                 svf_z: np.ndarray | None = None, patches=None):
         self.backend, self.config = backend, config
+        self.patches = FixedPatches(config.patch_size) if patches is None else patches
         self._initial = {k: np.ascontiguousarray(v) for k, v in initial_state.items()}
-        self.model_id = model_id(config, self._initial)
+        self._initial_patch = self.patches.initial_state()
+        self.model_id = model_id(config, {**self._initial, **self._initial_patch})
         rank = next(t.shape[0] for t in backend.spec.inputs if t.name == "svf_z")
         self.svf_z = np.ones(rank, np.float32) if svf_z is None else np.asarray(svf_z, np.float32)
         self.reset()
@@ -47,16 +49,31 @@ class Session:
     # --- stream state ----------------------------------------------------------------------------
     def reset(self) -> None:
         self.state = {k: v.copy() for k, v in self._initial.items()}
+        self.patch_state = {k: v.copy() for k, v in self._initial_patch.items()}
         self._pending = b""  # bytes of the current, incomplete segment (already scored)
         self.position = 0  # bytes consumed since the start of the stream
+        self.committed_patches = 0  # patches in the committed (full) segments
+        self._pending_patches = 0  # patches of the pending partial segment
 
-    def _run(self, segment: bytes, state: dict[str, np.ndarray]):
-        ids, mask = segment_patches(len(segment), self.config.patch_size)
+    @property
+    def mean_patch_length(self) -> float:
+        """Mean patch length (bytes) over everything this stream has consumed."""
+        return self.position / max(self.committed_patches + self._pending_patches, 1)
+
+    def _run(self, segment: bytes, state: dict[str, np.ndarray], commit: bool = False):
+        ids, mask, patch_state = self.patches(segment, self.patch_state)
         feeds = {"bytes": np.frombuffer(segment, np.uint8).astype(np.int64)[None],
                  "patch_ids": ids[None], "patch_mask": mask[None], "svf_z": self.svf_z}
         feeds.update({STATE_IN + k: v for k, v in state.items()})
         out = self.backend.step(feeds)
         new_state = {k: out[STATE_OUT + k] for k in state}
+        n_patches = int(mask.sum())
+        if commit:
+            self.patch_state = patch_state
+            self.committed_patches += n_patches
+            self._pending_patches = 0
+        else:
+            self._pending_patches = n_patches
         return out, new_state
 
     def _advance(self, data: bytes, keep_rows: bool = False):
@@ -76,7 +93,7 @@ class Session:
         pos = 0
         while len(buf) - pos >= seg_len:
             seg = buf[pos : pos + seg_len]
-            out, self.state = self._run(seg, self.state)
+            out, self.state = self._run(seg, self.state, commit=True)
             collect(out, seg, max(scored - pos, 0))
             pos += seg_len
         rest = buf[pos:]
@@ -100,7 +117,9 @@ class Session:
     def next_byte_logprobs(self) -> np.ndarray:
         """Log-probs [vocab] of the next byte of the stream (does not advance it)."""
         probe = self._pending + b"\0"  # the probe byte is never seen: position len(pending) is causal
+        pending_patches = self._pending_patches
         out, _ = self._run(probe, self.state)
+        self._pending_patches = pending_patches
         return out["byte_logprobs"][0, len(self._pending)]
 
     # --- generation ------------------------------------------------------------------------------
@@ -130,15 +149,16 @@ class Session:
         self._pending += data
         self.position += len(data)
         if len(self._pending) == self.config.segment_len:
-            _, self.state = self._run(self._pending, self.state)
+            _, self.state = self._run(self._pending, self.state, commit=True)
             self._pending = b""
 
     # --- persistence -----------------------------------------------------------------------------
     def save_state(self, path: str | Path) -> None:
         tensors = {STATE_IN + k: np.ascontiguousarray(v) for k, v in self.state.items()}
+        tensors.update({"patcher." + k: np.ascontiguousarray(v) for k, v in self.patch_state.items()})
         tensors["pending"] = np.frombuffer(self._pending + b"\0", np.uint8).copy()  # never empty
         meta = {"format": STATE_FORMAT, "model_id": self.model_id, "position": str(self.position),
-                "pending": str(len(self._pending))}
+                "pending": str(len(self._pending)), "patches": str(self.committed_patches)}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     def load_state(self, path: str | Path) -> None:
@@ -158,17 +178,19 @@ class Session:
         if meta.get("model_id") != self.model_id:
             raise NeatError(f"state file {path} was saved by a different model "
                             f"(model id {meta.get('model_id')}, this session's is {self.model_id})")
-        state = {}
-        for name, ref in self._initial.items():
-            t = tensors.get(STATE_IN + name)
-            if t is None or t.shape[1:] != ref.shape[1:] or t.dtype != ref.dtype:
-                raise NeatError(f"state file {path} is corrupted: tensor '{name}' is missing or malformed")
-            state[name] = t
+        state, patch_state = {}, {}
+        for prefix, initial, into in ((STATE_IN, self._initial, state), ("patcher.", self._initial_patch, patch_state)):
+            for name, ref in initial.items():
+                t = tensors.get(prefix + name)
+                if t is None or t.shape[1:] != ref.shape[1:] or t.dtype != ref.dtype:
+                    raise NeatError(f"state file {path} is corrupted: tensor '{name}' is missing or malformed")
+                into[name] = t
         try:
-            n_pending, position = int(meta["pending"]), int(meta["position"])
+            n_pending, position, patches = int(meta["pending"]), int(meta["position"]), int(meta["patches"])
         except (KeyError, ValueError):
             raise NeatError(f"state file {path} is corrupted: bad metadata") from None
         pending = tensors["pending"].tobytes()[:n_pending] if "pending" in tensors else None
         if pending is None or len(pending) != n_pending or n_pending >= self.config.segment_len:
             raise NeatError(f"state file {path} is corrupted: bad pending bytes")
-        self.state, self._pending, self.position = state, pending, position
+        self.state, self.patch_state, self._pending, self.position = state, patch_state, pending, position
+        self.committed_patches, self._pending_patches = patches, 0

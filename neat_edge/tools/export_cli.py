@@ -44,7 +44,7 @@ def export_command(
     console.print(f"exporting [bold]{source}[/bold] ({model.cfg.name}) -> {out}")
     with console.status("exporting and verifying..."):
         manifest = export_bundle(model, out, targets, verify=verify, corpus=corpus, segments=segments,
-                                 tolerance=tolerance, log=console.print)
+                                 tolerance=tolerance, log=console.print, patching=patching_for(source, model))
     parity = manifest.get("parity")
     if parity:
         for name, r in parity["backends"].items():
@@ -52,6 +52,26 @@ def export_command(
                           f"max |Δ log-prob| {r['max_abs_logprob_diff']:.2e}, top-1 {r['top1_agreement']:.4f}, "
                           f"bits/byte {r['bits_per_byte']:.4f}")
     console.print(f"[green]bundle written:[/green] {out}")
+
+
+def patching_for(source: str, model):
+    """(entropy model, patcher) for a model with entropy patching: from its checkpoint directory,
+    or, for a preset, the seeded entropy model calibrated on the default corpus."""
+    if model.cfg.patching != "entropy":
+        return None
+    from neat_edge.config import PRESETS
+    from neat_edge.export.verify import default_corpus
+    from neat_edge.model.checkpoint import DEFAULT_CHECKPOINT
+    from neat_edge.model.entropy import default_patching, load_patching
+
+    if source in PRESETS and not Path(source).exists():
+        return default_patching(model.cfg, default_corpus()[0])
+    directory = DEFAULT_CHECKPOINT if source == "default" else Path(source)
+    found = load_patching(directory)
+    if found is None:
+        raise NeatError(f"{directory} uses entropy patching but holds no entropy model "
+                        "(entropy_config.json, entropy_model.safetensors, patcher.json)")
+    return found
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

@@ -26,7 +26,7 @@ def describe(target: str) -> dict:
         b = open_bundle(path)
         m = b.manifest
         return {"kind": "bundle", "path": str(path), "config": m["config"], "parameters": m["parameters"],
-                "graphs": m["graphs"], "parity": m.get("parity"), "tools": m["tools"]}
+                "graphs": m["graphs"], "parity": m.get("parity"), "tools": m["tools"], "patching": b.patching}
     if target in PRESETS or target == "default" or is_checkpoint_dir(path):
         model = load(target)
         return {"kind": "model", "source": target, "config": model.cfg.to_dict(),
@@ -43,9 +43,13 @@ def info_command(
     """Describe a bundle, a checkpoint or a preset."""
     info = describe(target)
     cfg = NeatConfig.from_dict(info["config"])
+    parity = info.get("parity") or {}
+    mean_len = (parity.get("reference") or {}).get("mean_patch_length") or \
+        (cfg.patch_size if cfg.patching == "fixed" else cfg.target_patch_len / 10)
+    info["mean_patch_length"], info["latent_steps_per_kb"] = mean_len, 1024 / mean_len
     console.print(f"[bold]{cfg.name}[/bold] ({info['kind']}): {info['parameters']:,} parameters, "
-                  f"segment {cfg.segment_len} bytes, patch {cfg.patch_size} bytes "
-                  f"({1024 / cfg.patch_size:.0f} latent steps per KB), {cfg.latent_layers} MAC layers")
+                  f"segment {cfg.segment_len} bytes, {cfg.patching} patching, mean patch {mean_len:.2f} bytes "
+                  f"({1024 / mean_len:.0f} latent steps per KB), {cfg.latent_layers} {cfg.memory_arch.upper()} layers")
     for name, graph in info["graphs"].items():
         table = Table(title=f"graph '{name}'" + (f" ({graph['file']})" if "file" in graph else ""))
         for col in ("", "name", "dtype", "shape"):

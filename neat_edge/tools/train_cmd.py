@@ -26,6 +26,8 @@ def train_command(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     entropy_model: bool = typer.Option(False, "--entropy-model", help="Train the BLT entropy model instead."),
+    entropy_checkpoint: Path | None = typer.Option(None, "--entropy-checkpoint",
+                                                   help="Trained entropy model (for entropy patching)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Train a model (AdamW, cosine schedule, clipping, chained segments) and save a checkpoint."""
@@ -36,7 +38,7 @@ def train_command(
         if not torch.cuda.is_available():
             raise NeatError("--device cuda asked for, but no CUDA device is available")
     opts = TrainOptions(steps=steps, batch_size=batch_size, segments=segments, tbptt=tbptt, lr=lr, seed=seed,
-                        device=device)
+                        device=device, entropy_checkpoint=str(entropy_checkpoint) if entropy_checkpoint else None)
     paths = [*data, *(more_data or [])]
     if entropy_model:
         from neat_edge.model.entropy import EntropyConfig

@@ -14,12 +14,20 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from neat_edge.config import NeatConfig
+from neat_edge.errors import NeatError
 from neat_edge.fileio import atomic_write_json
 from neat_edge.model.checkpoint import build, save_checkpoint
-from neat_edge.model.entropy import EntropyConfig, build_entropy_model, save_entropy_model
+from neat_edge.model.entropy import (
+    EntropyConfig,
+    build_entropy_model,
+    calibrate_patcher,
+    load_entropy_model,
+    save_entropy_model,
+    save_patching,
+)
 from neat_edge.model.neat import NeatModel, count_parameters
-from neat_edge.patching import segment_patches
 from neat_edge.training.data import ByteCorpus
+from neat_edge.training.patches import WindowPatches
 
 LN2 = math.log(2.0)
 
@@ -38,29 +46,23 @@ class TrainOptions:
     seed: int = 0
     eval_bytes: int = 65536
     device: str = "cpu"
+    entropy_checkpoint: str | None = None  # entropy patching: the trained entropy model
 
 
-def segment_inputs(cfg: NeatConfig, batch: int, n_bytes: int, device="cpu"):
-    ids, mask = segment_patches(n_bytes, cfg.patch_size)
-    ids_t = torch.from_numpy(ids).to(device).unsqueeze(0).expand(batch, -1)
-    mask_t = torch.from_numpy(mask).to(device).unsqueeze(0).expand(batch, -1)
-    return ids_t, mask_t
-
-
-def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None):
+def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None, patches: WindowPatches | None = None):
     """Sum of -log p over windows [B, n*S] scored segment by segment with the state carried.
-    Works for NeatModel (fixed patches) and EntropyModel alike."""
+    Works for NeatModel (fixed or entropy patches) and EntropyModel alike."""
     seg = model.cfg.segment_len
     is_neat = isinstance(model, NeatModel)
     if is_neat:
-        ids, mask = segment_inputs(model.cfg, windows.shape[0], seg, windows.device)
+        plan = (patches or WindowPatches(model.cfg))(windows)
         z = model.default_svf_z()
     total = windows.new_zeros((), dtype=torch.float32)
     for i in range(windows.shape[1] // seg):
         if tbptt and i and i % tbptt == 0:
             state = {k: v.detach() for k, v in state.items()}
         x = windows[:, i * seg : (i + 1) * seg]
-        out, state = model.step(x, ids, mask, z, state) if is_neat else model.step(x, state)
+        out, state = model.step(x, *plan[i], z, state) if is_neat else model.step(x, state)
         total = total - out["byte_logprobs"].gather(-1, x.unsqueeze(-1)).sum()
     return total, state
 
@@ -73,7 +75,7 @@ def _fresh_state(model, batch: int):
 
 @torch.no_grad()
 def evaluate_bpb(model, data: np.ndarray, streams: int = 8, max_bytes: int | None = None,
-                 device: str = "cpu") -> float:
+                 device: str = "cpu", patches: WindowPatches | None = None) -> float:
     """Bits per byte of `data`, split into `streams` contiguous streams scored in parallel with the
     state carried across segments from a fresh start."""
     seg = model.cfg.segment_len
@@ -84,7 +86,7 @@ def evaluate_bpb(model, data: np.ndarray, streams: int = 8, max_bytes: int | Non
     if per_stream == 0:
         raise ValueError("evaluation data is shorter than one segment")
     windows = torch.from_numpy(data[: streams * per_stream].astype(np.int64)).view(streams, per_stream)
-    nll, _ = chained_nll(model, windows.to(device), _fresh_state(model, streams))
+    nll, _ = chained_nll(model, windows.to(device), _fresh_state(model, streams), patches=patches)
     return float(nll) / windows.numel() / LN2
 
 
@@ -94,7 +96,8 @@ def _param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def fit(model, corpus: ByteCorpus, opts: TrainOptions, show_progress: bool = True, label: str = "train") -> dict:
+def fit(model, corpus: ByteCorpus, opts: TrainOptions, show_progress: bool = True, label: str = "train",
+        patches: WindowPatches | None = None) -> dict:
     """The training loop shared by every byte model: AdamW, warmup + cosine, clipping, chained
     segments with truncated backprop, non-finite batches skipped. Returns the run's measurements."""
     torch.manual_seed(opts.seed)
@@ -118,7 +121,7 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, show_progress: bool = Tru
         task = progress.add_task(label, total=opts.steps, loss=float("nan"), bpb=float("nan"))
         for _ in range(opts.steps):
             x = torch.from_numpy(corpus.sample(rng, opts.batch_size, window)).to(opts.device)
-            nll, _ = chained_nll(model, x, _fresh_state(model, opts.batch_size), opts.tbptt)
+            nll, _ = chained_nll(model, x, _fresh_state(model, opts.batch_size), opts.tbptt, patches)
             loss = nll / x.numel()
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -135,7 +138,7 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, show_progress: bool = Tru
             progress.update(task, advance=1, loss=recent, bpb=recent / LN2)
     train_seconds = time.time() - start
     model.eval()
-    heldout_bpb = evaluate_bpb(model, corpus.heldout, max_bytes=opts.eval_bytes, device=opts.device)
+    heldout_bpb = evaluate_bpb(model, corpus.heldout, max_bytes=opts.eval_bytes, device=opts.device, patches=patches)
     model.cpu()
     return {
         "command": " ".join(["neat", *sys.argv[1:]]),
@@ -157,10 +160,35 @@ def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progres
     """Train a NeatModel from its seeded init and write a checkpoint directory (+ train_log.json)."""
     corpus = ByteCorpus.from_paths(data_paths)
     model = build(cfg)
-    result = fit(model, corpus, opts, show_progress)
+    patches, patching = None, None
+    if cfg.patching == "entropy":
+        if not opts.entropy_checkpoint:
+            raise NeatError("entropy patching needs a trained entropy model: --entropy-checkpoint DIR "
+                            "(make one with `neat train --entropy-model`)")
+        entropy_model = load_entropy_model(opts.entropy_checkpoint)
+        if entropy_model.cfg.segment_len != cfg.segment_len:
+            raise NeatError("the entropy model's segment_len must equal the model's segment_len")
+        patcher = calibrate_patcher(entropy_model, corpus.train[: 1 << 18].tobytes(), cfg.target_patch_len / 10,
+                                    cfg.max_patch_len, cfg.segment_len)
+        patches, patching = WindowPatches(cfg, entropy_model.to(opts.device), patcher), (entropy_model, patcher)
+    result = fit(model, corpus, opts, show_progress, patches=patches)
     out = save_checkpoint(model, out_dir)
+    if patching:
+        save_patching(out, patching[0].cpu(), patching[1])
+        result["patcher"] = {"threshold": patching[1].threshold, "max_patch_len": patching[1].max_patch_len}
+    if patches is not None or cfg.patching == "fixed":
+        result["mean_patch_length"] = _mean_patch_length(patches or WindowPatches(cfg), corpus.heldout, cfg)
     atomic_write_json(out / "train_log.json", result)
     return result
+
+
+def _mean_patch_length(patches: WindowPatches, data: np.ndarray, cfg: NeatConfig, max_bytes: int = 1 << 16) -> float:
+    seg = cfg.segment_len
+    n = min(len(data), max_bytes) // seg * seg
+    if n == 0:
+        return float("nan")
+    plan = patches(torch.from_numpy(data[:n].astype(np.int64)).view(1, n))
+    return n / sum(float(mask.sum()) for _, mask in plan)
 
 
 def train_entropy(cfg: EntropyConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True) -> dict:
