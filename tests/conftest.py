@@ -27,7 +27,6 @@ def model():
 def bundle_dir(tmp_path_factory, model):
     """One verified ONNX bundle of the default model, shared by the whole suite."""
     from neat_edge.export.pipeline import export_bundle
-
     from neat_edge.model.checkpoint import DEFAULT_CHECKPOINT
     from neat_edge.model.entropy import load_patching
 
