@@ -138,20 +138,20 @@ class NeatConfig:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
+# Presets use fixed 4-byte patches: entropy patching (patching="entropy", with ngram_buckets and
+# patch_pooling="cross") is built and tested end to end, but its first tiny run (held-out 1.97 bits/byte
+# at mean patch length 4.68) is still well behind fixed patches (1.59), so it is opt-in for now.
 PRESETS: dict[str, NeatConfig] = {
     # < 2 M parameters: the test suite's model and the bundled default.
-    "tiny": NeatConfig(name="tiny", patching="entropy", target_patch_len=46, max_patch_len=16, ngram_buckets=1024,
-                       patch_pooling="cross", d_local=112),
+    "tiny": NeatConfig(name="tiny"),
     # ~20 M parameters.
     "small": NeatConfig(
-        name="small", patching="entropy", target_patch_len=46, ngram_buckets=4096, patch_pooling="cross",
-        segment_len=256, context_len=64, d_local=256, encoder_layers=2, decoder_layers=3,
+        name="small", segment_len=256, context_len=64, d_local=256, encoder_layers=2, decoder_layers=3,
         d_model=384, latent_layers=6, latent_heads=6, memory_heads=4, n_experts=8, image_codebook_size=512,
     ),
     # ~120 M parameters.
     "base": NeatConfig(
-        name="base", patching="entropy", target_patch_len=46, ngram_buckets=8192, patch_pooling="cross",
-        segment_len=512, context_len=128, d_local=384, local_heads=6, encoder_layers=2,
+        name="base", segment_len=512, context_len=128, d_local=384, local_heads=6, encoder_layers=2,
         decoder_layers=4, d_model=768, latent_layers=10, latent_heads=12, memory_heads=6, n_experts=8,
         image_codebook_size=1024, persistent_tokens=8,
     ),

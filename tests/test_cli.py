@@ -37,6 +37,7 @@ def test_parity_json(bundle_dir, tmp_path):
         assert isinstance(ort[key], float)
     assert ort["max_abs_logprob_diff"] <= 1e-4
     assert report["reference"]["segments"] == 32
+    assert report["reference"]["mean_patch_length"] >= 1.0
 
 
 def test_run_generates_and_carries_state(bundle_dir, tmp_path):
