@@ -176,8 +176,7 @@ def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progres
     if patching:
         save_patching(out, patching[0].cpu(), patching[1])
         result["patcher"] = {"threshold": patching[1].threshold, "max_patch_len": patching[1].max_patch_len}
-    if patches is not None or cfg.patching == "fixed":
-        result["mean_patch_length"] = _mean_patch_length(patches or WindowPatches(cfg), corpus.heldout, cfg)
+    result["mean_patch_length"] = _mean_patch_length(patches or WindowPatches(cfg), corpus.heldout, cfg)
     atomic_write_json(out / "train_log.json", result)
     return result
 
