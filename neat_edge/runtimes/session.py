@@ -60,21 +60,22 @@ class Session:
         """Mean patch length (bytes) over everything this stream has consumed."""
         return self.position / max(self.committed_patches + self._pending_patches, 1)
 
-    def _run(self, segment: bytes, state: dict[str, np.ndarray], commit: bool = False):
+    def run_segment(self, segment: bytes):
+        """One step on `segment` from the current committed state, without advancing the stream:
+        (graph outputs, next model state, next patcher state, patches used). No side effects."""
         ids, mask, patch_state = self.patches(segment, self.patch_state)
         feeds = {"bytes": np.frombuffer(segment, np.uint8).astype(np.int64)[None],
                  "patch_ids": ids[None], "patch_mask": mask[None], "svf_z": self.svf_z}
-        feeds.update({STATE_IN + k: v for k, v in state.items()})
+        feeds.update({STATE_IN + k: v for k, v in self.state.items()})
         out = self.backend.step(feeds)
-        new_state = {k: out[STATE_OUT + k] for k in state}
-        n_patches = int(mask.sum())
-        if commit:
-            self.patch_state = patch_state
-            self.committed_patches += n_patches
-            self._pending_patches = 0
-        else:
-            self._pending_patches = n_patches
-        return out, new_state
+        return out, {k: out[STATE_OUT + k] for k in self.state}, patch_state, int(mask.sum())
+
+    def _commit_segment(self, segment: bytes):
+        """Run a full segment and make its state the stream's state."""
+        out, self.state, self.patch_state, n_patches = self.run_segment(segment)
+        self.committed_patches += n_patches
+        self._pending_patches = 0
+        return out
 
     def _advance(self, data: bytes, keep_rows: bool = False):
         """Consume `data`; return log p of each byte (and full log-prob rows if keep_rows)."""
@@ -93,12 +94,12 @@ class Session:
         pos = 0
         while len(buf) - pos >= seg_len:
             seg = buf[pos : pos + seg_len]
-            out, self.state = self._run(seg, self.state, commit=True)
+            out = self._commit_segment(seg)
             collect(out, seg, max(scored - pos, 0))
             pos += seg_len
         rest = buf[pos:]
         if len(rest) > max(scored - pos, 0):
-            out, _ = self._run(rest, self.state)  # partial segment: scored, state not committed
+            out, _, _, self._pending_patches = self.run_segment(rest)  # partial: scored, not committed
             collect(out, rest, max(scored - pos, 0))
         self._pending = rest
         self.position += len(data)
@@ -117,9 +118,7 @@ class Session:
     def next_byte_logprobs(self) -> np.ndarray:
         """Log-probs [vocab] of the next byte of the stream (does not advance it)."""
         probe = self._pending + b"\0"  # the probe byte is never seen: position len(pending) is causal
-        pending_patches = self._pending_patches
-        out, _ = self._run(probe, self.state)
-        self._pending_patches = pending_patches
+        out = self.run_segment(probe)[0]
         return out["byte_logprobs"][0, len(self._pending)]
 
     # --- generation ------------------------------------------------------------------------------
@@ -149,7 +148,7 @@ class Session:
         self._pending += data
         self.position += len(data)
         if len(self._pending) == self.config.segment_len:
-            _, self.state = self._run(self._pending, self.state, commit=True)
+            self._commit_segment(self._pending)
             self._pending = b""
 
     # --- persistence -----------------------------------------------------------------------------

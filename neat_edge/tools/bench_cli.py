@@ -32,11 +32,11 @@ def bench_backend(bundle_dir: Path, backend: str, data: bytes, runs: int, warmup
     session.score(seg)
     first_ms = (time.perf_counter() - t0) * 1e3
     for _ in range(warmup):
-        session._run(seg, session.state)
+        session.run_segment(seg)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        session._run(seg, session.state)
+        session.run_segment(seg)
         times.append((time.perf_counter() - t0) * 1e3)
     session.reset()
     t0 = time.perf_counter()
