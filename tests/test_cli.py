@@ -130,9 +130,10 @@ def test_bench_json(bundle_dir, tmp_path):
 def test_bench_memory_json(tmp_path):
     out = tmp_path / "mem.json"
     p = run("neat-bench", "memory", "--dim", "32", "--heads", "2", "--chunk", "8", "--tokens", "64", "--runs", "1",
-            "--warmup", "0", "--json", str(out))
+            "--warmup", "0", "--peer-runs", "1", "--json", str(out))
     assert p.returncode == 0, p.stderr.decode()
     res = json.loads(out.read_text())
     ours = res["implementations"]["neat_edge"]
     assert ours["inference"]["tokens_per_s"] > 0 and ours["train"]["tokens_per_s"] > 0
-    assert ("speedup" in res) == ("titans_pytorch" in res["implementations"])
+    has_peer = "titans_pytorch" in res["implementations"]
+    assert ("speedup" in res) == has_peer and ("speedup_vs_pooled" in res) == has_peer

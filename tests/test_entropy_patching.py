@@ -16,7 +16,7 @@ from neat_edge.runtimes import open_model_session, open_session
 CFG = NeatConfig(name="micro-blt", segment_len=32, context_len=8, d_local=32, local_heads=2, encoder_layers=1,
                  decoder_layers=1, d_model=48, latent_heads=2, latent_layers=2, memory_heads=2, n_experts=2,
                  image_codebook_size=16, patching="entropy", target_patch_len=30, max_patch_len=8,
-                 ngram_buckets=257, patch_pooling="cross")
+                 ngram_buckets=257, patch_pooling="cross", memory_chunks=2)
 
 
 @pytest.fixture(scope="module")

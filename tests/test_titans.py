@@ -75,3 +75,55 @@ def test_gate_initialisations_follow_the_seeds():
     torch.testing.assert_close(eta, torch.full_like(eta, 0.9))
     # θ = 0.01 per unit of mean squared error, i.e. 0.01 / head_dim on Eq 12's summed loss
     torch.testing.assert_close(theta, torch.full_like(theta, 0.01 / mem.head_dim))
+
+
+def _random_inputs(mem, b, t, gen):
+    k, v, q = mem.project(torch.randn(b, t, mem.dim, generator=gen, dtype=torch.float64))
+    gates = [torch.rand(b, mem.heads, t, generator=gen, dtype=torch.float64) * s for s in (0.5, 0.5, 1.0)]
+    return k.detach(), v.detach(), q.detach(), gates
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_masked_tokens_are_skipped_exactly(depth):
+    gen = torch.Generator().manual_seed(depth)
+    torch.manual_seed(0)
+    mem = NeuralMemory(16, heads=2, depth=depth, chunk_size=8).double()
+    state = _random_state(mem, 2, gen)
+    k, v, _, (alpha, theta, eta) = _random_inputs(mem, 2, 20, gen)
+    mask = (torch.rand(2, 2, 20, generator=gen) > 0.3).double()
+    got = mem.update(state, k, v, alpha, theta, eta, mask=mask)
+    ref = sequential_update(state, k, v, alpha, theta, eta, 8, mask=mask)
+    for key in ("weights", "momentum"):
+        for g, r in zip(got[key], ref[key]):
+            assert float(((g - r).abs().max() / r.abs().max()).detach()) < 1e-5
+    # trailing padding changes nothing at all: the state equals the unpadded write
+    pad = torch.cat([torch.ones(2, 2, 14), torch.zeros(2, 2, 6)], dim=-1).double()
+    padded = mem.update(state, k, v, alpha, theta, eta, mask=pad)
+    short = mem.update(state, k[:, :, :14], v[:, :, :14], alpha[..., :14], theta[..., :14], eta[..., :14])
+    for key in ("weights", "momentum"):
+        for g, r in zip(padded[key], short[key]):
+            torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("t,n_chunks,size", [(24, 1, 64), (24, 4, 6), (23, 4, 6), (3, 4, 6), (9, 2, 8)])
+def test_scan_fixed_chunk_count_equals_sequential(t, n_chunks, size):
+    """scan() runs a fixed number of chunk_size chunks over a dynamic length (padding the tail): the
+    same state as the sequential definition, and each chunk reads the memory the chunks before it
+    left. n_chunks = 1 is a single chunk of all tokens."""
+    gen = torch.Generator().manual_seed(t * 10 + n_chunks)
+    torch.manual_seed(0)
+    mem = NeuralMemory(16, heads=2, depth=2, chunk_size=size).double()
+    state = _random_state(mem, 1, gen)
+    k, v, q, (alpha, theta, eta) = _random_inputs(mem, 1, t, gen)
+    got, read = mem.scan(state, k, v, alpha, theta, eta, q=q, n_chunks=n_chunks)
+    size = t if n_chunks == 1 else size
+    ref = sequential_update(state, k, v, alpha, theta, eta, size)
+    for key in ("weights", "momentum"):
+        for g, r in zip(got[key], ref[key]):
+            assert float(((g - r).abs().max() / r.abs().max()).detach()) < 1e-5
+    assert read.shape == q.shape
+    mid = state
+    for c in range(0, t, size):  # chunk c's read uses the weights after chunks < c
+        torch.testing.assert_close(read[:, :, c : c + size], mem.retrieve(mid, q[:, :, c : c + size]))
+        mid = sequential_update(mid, k[:, :, c : c + size], v[:, :, c : c + size], alpha[..., c : c + size],
+                                theta[..., c : c + size], eta[..., c : c + size], size)

@@ -18,7 +18,9 @@ def mlp(weights, x):
     return a
 
 
-def sequential_update(state, k, v, alpha, theta, eta, chunk_size):
+def sequential_update(state, k, v, alpha, theta, eta, chunk_size, mask=None):
+    """mask [B,H,T] (optional): tokens where it is 0 are skipped (no write, no decay, no momentum step),
+    but still count for chunk boundaries."""
     weights = [w.clone() for w in state["weights"]]
     momentum = [s.clone() for s in state["momentum"]]
     t_total = k.shape[2]
@@ -30,6 +32,9 @@ def sequential_update(state, k, v, alpha, theta, eta, chunk_size):
         loss = (mlp(w0, k[:, :, t : t + 1]) - v[:, :, t : t + 1]).square().sum()
         grads = torch.autograd.grad(loss, w0)
         a, th, et = (g[:, :, t, None, None] for g in (alpha, theta, eta))
-        momentum = [et * s - th * g for s, g in zip(momentum, grads)]
-        weights = [(1 - a) * w + s for w, s in zip(weights, momentum)]
+        new_momentum = [et * s - th * g for s, g in zip(momentum, grads)]
+        new_weights = [(1 - a) * w + s for w, s in zip(weights, new_momentum)]
+        keep = 1.0 if mask is None else mask[:, :, t, None, None]
+        momentum = [keep * n + (1 - keep) * o for n, o in zip(new_momentum, momentum)]
+        weights = [keep * n + (1 - keep) * o for n, o in zip(new_weights, weights)]
     return {"weights": weights, "momentum": momentum}

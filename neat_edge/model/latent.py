@@ -5,18 +5,24 @@ Three ways to combine memory and attention, selected by `NeatConfig.memory_arch`
 MAC, memory as context (Eq 21–25), per segment of patches x:
     h   = M*_{t-1}(q(x))                                   Eq 21: read the memory with the queries
     y   = x + Attn(x | [persistent ‖ h ‖ x])               Eq 22-23, causal over patches
-    y   = y + norm(y) ⊙ σ(W_g norm(M*_{t-1}(q(y))))        Eq 25 (a read of the memory gates y)
+    y   = y + norm(y) ⊙ σ(W_g norm(M*_{c-1}(q(y))))        Eq 25 (a read of the memory gates y)
     M_t = update(M_{t-1}, k(y), v(y))                      Eq 24: write the attention output
 MAG, memory as gate (Eq 26–28):
     y   = x + SWA(x | [persistent ‖ x])                    Eq 26-27, sliding-window attention
-    o   = y + norm(y) ⊙ σ(W_g norm(M*_{t-1}(q(x))))        Eq 28, memory branch on the input
+    o   = y + norm(y) ⊙ σ(W_g norm(M*_{c-1}(q(x))))        Eq 28, memory branch on the input
     M_t = update(M_{t-1}, k(x), v(x))
 MAL, memory as layer (Eq 29–31):
-    y   = x + M*_{t-1}(q(x)),  p' = p + M*_{t-1}(q(p))     Eq 29-30 on [persistent ‖ x]
+    y   = x + M*_{c-1}(q(x)),  p' = p + M*_{t-1}(q(p))     Eq 29-30 on [persistent ‖ x]
     o   = y + SWA(y | [p' ‖ y])                            Eq 31
     M_t = update(M_{t-1}, k(x), v(x))
-Each is followed by an MLP. Reads use the segment-start memory M_{t-1}, never M_t: M_t has seen the
-whole segment, and reading it would let a patch see later patches (the model is strictly causal).
+Each is followed by an MLP. The write is split into `memory_chunks` chunks at fixed patch indices
+(NeuralMemory.scan, a fixed unrolled count: with entropy patching the chunks span the most patches a
+segment can have, segment_len, so short segments carry padded, masked chunks — one chunk avoids that
+cost); M*_{c-1} is the memory left by the chunks before the
+patch's own chunk (the segment-start memory M_{t-1} for the first). A patch never reads a memory
+that has seen it or later patches: the model is strictly causal. Several chunks per segment keep
+the inner loop stable when a segment has many patches (each chunk's gradients share one point, so
+its step grows with the chunk length: 128 one-byte patches in one chunk diverged in training).
 Attention and MLP projections are SVF linears driven by the graph input `svf_z`.
 
 Layer state (flat names, prefixed with `memory.{layer}.` in the model): `weight.{l}`, `momentum.{l}`
@@ -56,11 +62,12 @@ class MemoryLayer(nn.Module):
     def __init__(self, cfg: NeatConfig):
         super().__init__()
         d = cfg.d_model
-        # alpha 0.002 per patch (not the seed's 0.02 per token): one update covers a whole segment of
-        # patches, and 0.98^32 per segment would erase the memory between two segments.
+        # alpha 0.002 per patch (not the seed's 0.02 per token): 0.98^32 per segment of patches would
+        # erase the memory between two segments.
         self.memory = NeuralMemory(d, heads=cfg.memory_heads, depth=cfg.memory_depth,
-                                   chunk_size=cfg.patches_per_segment, expansion=cfg.memory_expansion,
-                                   alpha_init=0.002)
+                                   chunk_size=-(-cfg.max_patches_per_segment // cfg.memory_chunks),
+                                   expansion=cfg.memory_expansion, alpha_init=0.002)
+        self.memory_chunks = cfg.memory_chunks
         self.persistent = nn.Parameter(torch.randn(cfg.persistent_tokens, d) * 0.02)  # Eq 19
         self.window = cfg.attn_window
         self.norm_attn, self.norm_kv = RMSNorm(d), RMSNorm(d)
@@ -102,15 +109,15 @@ class MemoryLayer(nn.Module):
     def _persistent(self, batch):
         return self.persistent.unsqueeze(0).expand(batch, -1, -1)
 
-    def _write(self, mem_state, src, k, v, patch_mask, new_state):
-        """Eq 24 / 13-14: write k, v of the segment; padded patches neither write nor decay."""
+    def _read_write(self, mem_state, src, k, v, q, patch_mask, new_state):
+        """Eq 24 / 13-14 chunk by chunk: read q at the chunk-start memory, then write k, v; padded
+        patches are skipped exactly. Returns the merged read [B,P,D] and the new layer state."""
         alpha, theta, eta = self.memory.gates(src)
-        valid = patch_mask.unsqueeze(1)
-        mem = self.memory.update_chunk(mem_state, k, v, alpha * valid, theta * valid,
-                                       torch.where(valid > 0, eta, torch.ones_like(eta)))
+        mask = patch_mask.unsqueeze(1).expand_as(alpha)
+        mem, read = self.memory.scan(mem_state, k, v, alpha, theta, eta, q, mask, self.memory_chunks)
         for l, (w, s) in enumerate(zip(mem["weights"], mem["momentum"])):
             new_state[f"weight.{l}"], new_state[f"momentum.{l}"] = w, s
-        return new_state
+        return self.memory.merge(read), new_state
 
     def _attend(self, queries, keys, n_prefix, z, copies=1):
         p = queries.shape[1]
@@ -130,9 +137,9 @@ class MACLayer(MemoryLayer):
         kv = torch.cat([self._persistent(x.shape[0]), h, x], dim=1)  # Eq 22
         y = x + self._attend(x, kv, self.persistent.shape[0], z, copies=2)  # Eq 23
         k_y, v_y, q_y, new_state["conv_out"] = self.memory.project_stream(y, state["conv_out"])
-        y = self._gate(y, self._read(mem_state, q_y))  # Eq 25
-        y = y + self.mlp(self.norm_mlp(y), z)
-        return y, self._write(mem_state, y, k_y, v_y, patch_mask, new_state)  # Eq 24
+        read, new_state = self._read_write(mem_state, y, k_y, v_y, q_y, patch_mask, new_state)  # Eq 24
+        y = self._gate(y, read)  # Eq 25
+        return y + self.mlp(self.norm_mlp(y), z), new_state
 
 
 class MAGLayer(MemoryLayer):
@@ -142,9 +149,9 @@ class MAGLayer(MemoryLayer):
         k, v, q, new_state["conv_in"] = self.memory.project_stream(x, state["conv_in"])
         kv = torch.cat([self._persistent(x.shape[0]), x], dim=1)
         y = x + self._attend(x, kv, self.persistent.shape[0], z)  # Eq 26-27
-        y = self._gate(y, self._read(mem_state, q))  # Eq 28
-        y = y + self.mlp(self.norm_mlp(y), z)
-        return y, self._write(mem_state, x, k, v, patch_mask, new_state)
+        read, new_state = self._read_write(mem_state, x, k, v, q, patch_mask, new_state)
+        y = self._gate(y, read)  # Eq 28
+        return y + self.mlp(self.norm_mlp(y), z), new_state
 
 
 class MALLayer(MemoryLayer):
@@ -152,14 +159,14 @@ class MALLayer(MemoryLayer):
         mem_state = self._memory_state(state)
         new_state = {}
         k, v, q, new_state["conv_in"] = self.memory.project_stream(x, state["conv_in"])
-        y = x + self._read(mem_state, q)  # Eq 29-30
+        read, new_state = self._read_write(mem_state, x, k, v, q, patch_mask, new_state)
+        y = x + read  # Eq 29-30
         # Persistent tokens pass through the memory too (they are a fixed prefix: no conv history).
         p = self._persistent(x.shape[0])
         _, _, q_p = self.memory.project(p)
         p = p + self._read(mem_state, q_p)
         y = y + self._attend(y, torch.cat([p, y], dim=1), p.shape[1], z)  # Eq 31
-        y = y + self.mlp(self.norm_mlp(y), z)
-        return y, self._write(mem_state, x, k, v, patch_mask, new_state)
+        return y + self.mlp(self.norm_mlp(y), z), new_state
 
 
 LAYERS = {"mac": MACLayer, "mag": MAGLayer, "mal": MALLayer}

@@ -153,26 +153,59 @@ class NeuralMemory(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, t, h * d))
 
     # --- Eq 12-18: one chunk in closed form ----------------------------------------------------
-    def update(self, state: MemoryState, k, v, alpha, theta, eta) -> MemoryState:
+    def update(self, state: MemoryState, k, v, alpha, theta, eta, mask=None) -> MemoryState:
         """Write all tokens of k/v [B,H,T,d] ([B,T,d] when heads == 1) into memory, chunk by chunk
-        (chunk_size tokens). Gates are [B,H,T] or [B,T] (one gate shared by all heads)."""
+        (chunk_size tokens). Gates are [B,H,T] or [B,T] (one gate shared by all heads); tokens where
+        `mask` ([B,T] or [B,H,T]) is 0 are skipped: they neither write, decay nor move momentum."""
         k, v = self._with_heads(k), self._with_heads(v)
-        alpha, theta, eta = (g.unsqueeze(1) if g.dim() == 2 else g for g in (alpha, theta, eta))
+        alpha, theta, eta, mask = (g.unsqueeze(1) if g is not None and g.dim() == 2 else g
+                                   for g in (alpha, theta, eta, mask))
         for start in range(0, k.shape[2], self.chunk_size):
             sl = slice(start, start + self.chunk_size)
-            state = self.update_chunk(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
-                                      eta[..., sl])
+            state = self._read_and_update(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
+                                          eta[..., sl], None, None if mask is None else mask[..., sl])[0]
         return state
 
     def update_chunk(self, state: MemoryState, k, v, alpha, theta, eta) -> MemoryState:
         """One chunk: every gradient at the chunk-start weights (Eq 16-18), in closed form."""
         return self._read_and_update(state, k, v, alpha, theta, eta, None)[0]
 
-    def _read_and_update(self, state: MemoryState, k, v, alpha, theta, eta, q):
+    def scan(self, state: MemoryState, k, v, alpha, theta, eta, q=None, mask=None, n_chunks: int = 1):
+        """Read-then-write in a *fixed* number of chunks, for exported graphs (no loop, no control flow
+        on sizes): chunk c covers tokens [c·chunk_size, (c+1)·chunk_size) and is read with q at the
+        weights left by chunks < c (Eq 15, causal), then written (Eq 16-18). The token count T may
+        vary (a dynamic axis) up to n_chunks·chunk_size; the tail is padded with masked tokens, which
+        change nothing. Chunk boundaries sit at fixed token indices, so they never depend on how
+        many tokens follow. n_chunks = 1 is one chunk of all T tokens, whatever chunk_size says.
+        Shapes: k, v, q [B,H,T,d]; gates and mask [B,H,T]. Returns (state, read [B,H,T,d] or None)."""
+        t = k.shape[2]
+        mask = torch.ones_like(alpha) if mask is None else mask
+        size = t
+        if n_chunks > 1:
+            size = self.chunk_size
+            pad = n_chunks * size - t  # symbolic under export; F.pad keeps the rank static
+            k, v = (F.pad(x, (0, 0, 0, pad)) for x in (k, v))
+            q = None if q is None else F.pad(q, (0, 0, 0, pad))
+            alpha, theta, eta, mask = (F.pad(g, (0, pad)) for g in (alpha, theta, eta, mask))
+        reads = []
+        for c in range(n_chunks):
+            sl = slice(c * size, (c + 1) * size)
+            state, read = self._read_and_update(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
+                                                eta[..., sl], None if q is None else q[:, :, sl], mask[..., sl])
+            reads.append(read)
+        read = None if q is None else torch.cat(reads, dim=2)[:, :, :t]
+        return state, read
+
+    def _read_and_update(self, state: MemoryState, k, v, alpha, theta, eta, q, mask=None):
         """update_chunk, plus (when q is given) the retrieval M*(q) at the same chunk-start weights,
-        computed in the same MLP pass as the keys' forward."""
+        computed in the same MLP pass as the keys' forward. mask [B,H,T] (1 = real token) skips
+        tokens entirely: α = θ = 0 and η = 1 there, and their step adds no momentum to M (w_i = 0
+        below), so padding a chunk never changes the state."""
         weights, momentum = state["weights"], state["momentum"]
         t = k.shape[2]
+        if mask is not None:
+            alpha, theta = alpha * mask, theta * mask
+            eta = torch.where(mask > 0, eta, torch.ones_like(eta))
         if q is None:
             pred, inputs, pre = self._mlp(weights, k)
             read = None
@@ -189,9 +222,12 @@ class NeuralMemory(nn.Module):
         decay_to_end = log_beta_end - log_beta + log_h  # log(β_b/β_i · H_i)
         expo = decay_to_end.unsqueeze(-2) - log_h.unsqueeze(-1)
         later = torch.ones(t, t, dtype=torch.bool, device=k.device).triu()
+        if mask is not None:  # M_i = (1 − α_i) M_{i−1} + w_i S_i: skipped steps add no momentum
+            later = later & (mask.unsqueeze(-2) > 0)
         coef_m = theta * torch.exp(torch.where(later, expo, torch.full_like(expo, -math.inf))).sum(-1)
         coef_s = theta * torch.exp(log_h_end - log_h)
-        carry_m = torch.exp(decay_to_end).sum(-1)[..., None, None]  # weight of S_0 in M_b
+        carry = torch.exp(decay_to_end) if mask is None else torch.exp(decay_to_end) * mask
+        carry_m = carry.sum(-1)[..., None, None]  # weight of S_0 in M_b
         beta_end = torch.exp(log_beta_end)[..., None]
         h_end = torch.exp(log_h_end)[..., None]
 
