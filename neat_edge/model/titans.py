@@ -160,15 +160,10 @@ class NeuralMemory(nn.Module):
         k, v = self._with_heads(k), self._with_heads(v)
         alpha, theta, eta, mask = (g.unsqueeze(1) if g is not None and g.dim() == 2 else g
                                    for g in (alpha, theta, eta, mask))
-        for start in range(0, k.shape[2], self.chunk_size):
-            sl = slice(start, start + self.chunk_size)
-            state = self._read_and_update(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
-                                          eta[..., sl], None, None if mask is None else mask[..., sl])[0]
-        return state
+        return self.scan(state, k, v, alpha, theta, eta, None, mask, self._n_chunks(k.shape[2]))[0]
 
-    def update_chunk(self, state: MemoryState, k, v, alpha, theta, eta) -> MemoryState:
-        """One chunk: every gradient at the chunk-start weights (Eq 16-18), in closed form."""
-        return self._read_and_update(state, k, v, alpha, theta, eta, None)[0]
+    def _n_chunks(self, tokens: int) -> int:
+        return max(1, -(-tokens // self.chunk_size))
 
     def scan(self, state: MemoryState, k, v, alpha, theta, eta, q=None, mask=None, n_chunks: int = 1):
         """Read-then-write in a *fixed* number of chunks, for exported graphs (no loop, no control flow
@@ -179,10 +174,10 @@ class NeuralMemory(nn.Module):
         many tokens follow. n_chunks = 1 is one chunk of all T tokens, whatever chunk_size says.
         Shapes: k, v, q [B,H,T,d]; gates and mask [B,H,T]. Returns (state, read [B,H,T,d] or None)."""
         t = k.shape[2]
-        mask = torch.ones_like(alpha) if mask is None else mask
         size = t
         if n_chunks > 1:
             size = self.chunk_size
+            mask = torch.ones_like(alpha) if mask is None else mask  # padding needs one
             pad = n_chunks * size - t  # symbolic under export; F.pad keeps the rank static
             k, v = (F.pad(x, (0, 0, 0, pad)) for x in (k, v))
             q = None if q is None else F.pad(q, (0, 0, 0, pad))
@@ -191,13 +186,14 @@ class NeuralMemory(nn.Module):
         for c in range(n_chunks):
             sl = slice(c * size, (c + 1) * size)
             state, read = self._read_and_update(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
-                                                eta[..., sl], None if q is None else q[:, :, sl], mask[..., sl])
+                                                eta[..., sl], None if q is None else q[:, :, sl],
+                                                None if mask is None else mask[..., sl])
             reads.append(read)
         read = None if q is None else torch.cat(reads, dim=2)[:, :, :t]
         return state, read
 
     def _read_and_update(self, state: MemoryState, k, v, alpha, theta, eta, q, mask=None):
-        """update_chunk, plus (when q is given) the retrieval M*(q) at the same chunk-start weights,
+        """One chunk in closed form (Eq 16-18), plus (when q is given) the retrieval M*(q) at the same chunk-start weights,
         computed in the same MLP pass as the keys' forward. mask [B,H,T] (1 = real token) skips
         tokens entirely: α = θ = 0 and η = 1 there, and their step adds no momentum to M (w_i = 0
         below), so padding a chunk never changes the state."""
@@ -248,10 +244,5 @@ class NeuralMemory(nn.Module):
         state = self.init_state(x.shape[0]) if state is None else state
         k, v, q, conv = self.project_stream(x, state["conv"][0])
         alpha, theta, eta = self.gates(x)
-        outs = []
-        for start in range(0, x.shape[1], self.chunk_size):
-            sl = slice(start, start + self.chunk_size)
-            state, read = self._read_and_update(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
-                                                eta[..., sl], q[:, :, sl])
-            outs.append(read)
-        return self.merge(torch.cat(outs, dim=2)), {**state, "conv": [conv]}
+        state, read = self.scan(state, k, v, alpha, theta, eta, q, None, self._n_chunks(x.shape[1]))
+        return self.merge(read), {**state, "conv": [conv]}
