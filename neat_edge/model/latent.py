@@ -18,9 +18,9 @@ MAL, memory as layer (Eq 29–31):
 Each is followed by an MLP. The write is split into `memory_chunks` chunks at fixed patch indices
 (NeuralMemory.scan, a fixed unrolled count: with entropy patching the chunks span the most patches a
 segment can have, segment_len, so short segments carry padded, masked chunks — one chunk avoids that
-cost); M*_{c-1} is the memory left by the chunks before the
-patch's own chunk (the segment-start memory M_{t-1} for the first). A patch never reads a memory
-that has seen it or later patches: the model is strictly causal. Several chunks per segment keep
+cost); M*_{c-1} is the memory left by the chunks before the patch's own chunk (the segment-start
+memory M_{t-1} for the first). A patch never reads a memory that has seen it or later patches: the
+model is strictly causal. Several chunks per segment keep
 the inner loop stable when a segment has many patches (each chunk's gradients share one point, so
 its step grows with the chunk length: 128 one-byte patches in one chunk diverged in training).
 Attention and MLP projections are SVF linears driven by the graph input `svf_z`.

@@ -193,8 +193,8 @@ class NeuralMemory(nn.Module):
         return state, read
 
     def _read_and_update(self, state: MemoryState, k, v, alpha, theta, eta, q, mask=None):
-        """One chunk in closed form (Eq 16-18), plus (when q is given) the retrieval M*(q) at the same chunk-start weights,
-        computed in the same MLP pass as the keys' forward. mask [B,H,T] (1 = real token) skips
+        """One chunk in closed form (Eq 16-18), plus (when q is given) the retrieval M*(q) at the same
+        chunk-start weights, computed in the same MLP pass as the keys' forward. mask (1 = real) skips
         tokens entirely: α = θ = 0 and η = 1 there, and their step adds no momentum to M (w_i = 0
         below), so padding a chunk never changes the state."""
         weights, momentum = state["weights"], state["momentum"]
