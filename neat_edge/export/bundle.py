@@ -8,6 +8,7 @@ import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,10 @@ MANIFEST, INITIAL_STATE, CHECKPOINT_DIR = "neat.json", "initial_state.safetensor
 
 def tool_versions() -> dict:
     versions = {"neat_edge": neat_edge.__version__, "python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("onnx", "onnxruntime", "onnxscript"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
+    for mod in ("onnx", "onnxruntime", "onnxscript", "coremltools", "onnxsim", "tensorrt"):
+        try:  # installed distributions, without importing them (coremltools is slow and noisy to import)
+            versions[mod] = metadata.version(mod)
+        except metadata.PackageNotFoundError:
             versions[mod] = None
     return versions
 
@@ -42,10 +43,12 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
                        patching=None) -> dict:
     """Build every target into out_dir plus initial state and checkpoint; returns the manifest.
     patching = (entropy model, EntropyPatcher) for entropy patching: its graph is built too."""
+    from neat_edge.export.base import entropy_source, step_source
+
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = {}
     for target in targets:
-        entry = target.build(model, spec, out_dir)
+        entry = target.build_graph(step_source(model, spec, patching), out_dir)
         graphs[target.name] = {**entry, **spec.to_dict()}
         if on_target:
             on_target(target.name, out_dir / entry["file"])
@@ -59,18 +62,25 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
             raise NeatError("this model uses entropy patching: an entropy model and patcher are needed to export it")
         from dataclasses import asdict
 
-        from neat_edge.export.onnx import export_entropy_onnx
         from neat_edge.model.entropy import save_patching
 
         entropy_model, patcher = patching
-        entropy_graph = export_entropy_onnx(entropy_model, out_dir)
-        if on_target:
-            on_target("onnx (entropy)", out_dir / entropy_graph["file"])
+        entropy_graphs = {}
+        for target in targets:  # the entropy graph, built by every target the same way as the step
+            source = entropy_source(entropy_model)
+            entry = target.build_graph(source, out_dir)
+            entropy_graphs[target.name] = {**entry, **source.spec.to_dict()}
+            if on_target:
+                on_target(f"{target.name} (entropy)", out_dir / entry["file"])
         save_patching(out_dir / CHECKPOINT_DIR, entropy_model, patcher)
         patching_entry = {"kind": "entropy", **asdict(patcher), "entropy_context_len": entropy_model.cfg.context_len,
-                          "graphs": {"onnx": entropy_graph}}
+                          "graphs": entropy_graphs}
+    from neat_edge.experts import write_bundle_experts
+
+    library = write_bundle_experts(model, out_dir)
     files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
     return {
+        **library,
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "config": model.cfg.to_dict(), "fingerprint": model.cfg.fingerprint(),
         "parameters": count_parameters(model), "svf_rank": model.svf_rank,

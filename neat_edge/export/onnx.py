@@ -1,4 +1,11 @@
-"""ONNX target: the step graph through torch.export (dynamo) with named dynamic axes."""
+"""ONNX target: the step graph through torch.export (dynamo) with named dynamic axes.
+
+fp32 (default): torch.onnx.export of the module. fp16 (`--precision fp16`): the program is exported in
+strict mode (full source traces), then converted with ONNX Runtime's own float16 tool
+(onnxruntime.transformers.float16) the way its community does it: `keep_io_types` keeps every graph
+input and output fp32 (so the state crosses the boundary in fp32), and `node_block_list` keeps the
+Titans memory nodes fp32 (export/precision.py says why).
+"""
 
 from __future__ import annotations
 
@@ -7,77 +14,121 @@ from pathlib import Path
 
 import onnx
 import torch
-from torch.export import Dim
+from onnxscript import ir
 
 from neat_edge.errors import NeatError
-from neat_edge.export.base import StepModule, example_inputs
+from neat_edge.export.base import EntropyStepModule, GraphSource, entropy_source, step_source
+from neat_edge.export.precision import check_precision, onnx_memory_nodes, require_memory_ops, strict_program
 from neat_edge.export.spec import GraphSpec
 from neat_edge.model.neat import NeatModel
 
 OPSET = 18
+PRECISION_KEY = "neat.precision"  # ONNX metadata: lets a later target tell what precision a file holds
+
+__all__ = ["OPSET", "OnnxTarget", "EntropyStepModule", "export_graph", "export_entropy_onnx", "onnx_precision"]
 
 
-def _dynamic_shapes(spec: GraphSpec, model: NeatModel) -> dict:
-    cfg = model.cfg
-    dims = {"batch": Dim("batch", min=1, max=4096), "segment": Dim("segment", min=1, max=cfg.segment_len),
-            "patches": Dim("patches", min=1, max=cfg.segment_len)}
-    arg_names = ["data", "patch_ids", "patch_mask", "svf_z"]
-    shapes = {}
-    for i, t in enumerate(spec.inputs):
-        shape = {axis: dims[name] for axis, name in t.dynamic_axes.items()}
-        if i < len(arg_names):
-            shapes[arg_names[i]] = shape
-        else:
-            shapes.setdefault("state", []).append(shape)
-    shapes["state"] = tuple(shapes.get("state", []))
-    return shapes
-
-
-def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, dynamic_shapes, path: Path) -> dict:
-    """torch.export -> ONNX for any module whose positional args/outputs follow `spec`."""
+def _torch_onnx_export(model, args: tuple, spec: GraphSpec, dynamic_shapes):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            program = torch.onnx.export(
-                module.eval(), args, dynamo=True, opset_version=OPSET, input_names=spec.input_names,
+            return torch.onnx.export(
+                model, args, dynamo=True, opset_version=OPSET, input_names=spec.input_names,
                 output_names=spec.output_names, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
             )
         except Exception as exc:  # the exporter's own errors are long; keep the first line
             raise NeatError(f"ONNX export of graph '{spec.name}' failed: {str(exc).splitlines()[0]}") from exc
+
+
+def _entry(graph: onnx.ModelProto, path: Path, precision: str, **extra) -> dict:
+    return {"file": path.name, "target": "onnx", "precision": precision, "opset": OPSET,
+            "nodes": len(graph.graph.node), "ops": sorted({n.op_type for n in graph.graph.node}), **extra}
+
+
+def _save(graph: onnx.ModelProto, path: Path, precision: str) -> None:
+    onnx.helper.set_model_props(graph, {PRECISION_KEY: precision})
+    onnx.save(graph, str(path))
+    onnx.checker.check_model(str(path))
+
+
+def onnx_precision(path: Path) -> str | None:
+    """The precision recorded in an ONNX file written by this target (None for any other file)."""
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return meta.get(PRECISION_KEY)
+
+
+def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, dynamic_shapes, path: Path) -> dict:
+    """torch.export -> ONNX (fp32) for any module whose positional args/outputs follow `spec`."""
+    program = _torch_onnx_export(module.eval(), args, spec, dynamic_shapes)
     program.save(str(path))
     graph = onnx.load(str(path))
-    onnx.checker.check_model(graph)
-    return {"file": path.name, "target": "onnx", "precision": "fp32", "opset": OPSET,
-            "ops": sorted({n.op_type for n in graph.graph.node})}
+    _save(graph, path, "fp32")
+    return _entry(graph, path, "fp32")
+
+
+def export_fp16_graph(source: GraphSource, path: Path) -> dict:
+    """Strict export -> ONNX -> fp16 with fp32 I/O and fp32 Titans memory nodes."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    program = _torch_onnx_export(strict_program(source), source.args, source.spec, None)
+    graph = program.model_proto
+    keep = onnx_memory_nodes(graph)
+    require_memory_ops(len(keep), source.spec, "ONNX graph")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(graph, keep_io_types=True, node_block_list=keep)
+    half = _tidy_fp16(half)
+    _save(half, path, "fp16")
+    return _entry(half, path, "fp16", fp32_memory_nodes=len(keep))
+
+
+def _tidy_fp16(half: onnx.ModelProto) -> onnx.ModelProto:
+    """Three fixes to what the float16 converter leaves: (1) a value that is fp32 and read as fp32
+    still goes through Cast(fp16) -> Cast(fp32) where the converter meets a kept-fp32 node at a kept-
+    fp32 output (every next_state.memory.* would be rounded to fp16): such round trips are bypassed;
+    (2) value_info keeps pre-conversion types: dropped and inferred again; (3) the I/O casts are
+    appended after the nodes that read them: the graph is sorted topologically."""
+    graph = half.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    for node in graph.node:
+        inner = producer.get(node.input[0]) if node.input else None
+        if cast_to(node) == onnx.TensorProto.FLOAT and inner is not None and cast_to(inner) == onnx.TensorProto.FLOAT16 \
+                and types.get(inner.input[0]) == onnx.TensorProto.FLOAT:
+            node.input[0] = inner.input[0]  # Cast(fp32 -> fp32): the value, not its fp16 rounding
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [n for n in graph.node if cast_to(n) is None or any(o in used for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.value_info[:]
+    model = ir.from_proto(half)
+    model.graph.sort()
+    return onnx.shape_inference.infer_shapes(ir.to_proto(model))
 
 
 class OnnxTarget:
     name = "onnx"
 
-    def build(self, model: NeatModel, spec: GraphSpec, out_dir: Path, filename: str = "step.onnx") -> dict:
-        return export_graph(StepModule(model, spec), example_inputs(model, spec), spec,
-                            _dynamic_shapes(spec, model), Path(out_dir) / filename)
+    def __init__(self, precision: str = "fp32"):
+        self.precision = check_precision(precision)
 
+    def build(self, model: NeatModel, spec: GraphSpec, out_dir: Path) -> dict:
+        return self.build_graph(step_source(model, spec), out_dir)
 
-class EntropyStepModule(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, data, byte_context):
-        out, state = self.model.step(data, {"byte_context": byte_context})
-        return out["byte_logprobs"], out["entropy"], state["byte_context"]
+    def build_graph(self, source: GraphSource, out_dir: Path) -> dict:
+        path = Path(out_dir) / f"{source.stem}.onnx"
+        if self.precision == "fp16":
+            return export_fp16_graph(source, path)
+        return export_graph(source.module, source.args, source.spec, source.torch_dynamic_shapes(), path)
 
 
 def export_entropy_onnx(model, out_dir: Path, filename: str = "entropy.onnx") -> dict:
     """The BLT entropy model as its own graph (batch and segment axes dynamic)."""
-    from neat_edge.export.spec import entropy_spec
-
-    spec = entropy_spec(model)
-    seg = model.cfg.segment_len
-    data = torch.randint(0, 256, (2, seg), generator=torch.Generator().manual_seed(0))
-    dims = {"data": {0: Dim("batch", min=1, max=4096), 1: Dim("segment", min=1, max=seg)},
-            "byte_context": {0: Dim("batch", min=1, max=4096)}}
-    entry = export_graph(EntropyStepModule(model), (data, model.initial_state(2)["byte_context"]), spec, dims,
-                         Path(out_dir) / filename)
-    return {**entry, **spec.to_dict()}
+    source = entropy_source(model)
+    source.stem = Path(filename).stem
+    entry = OnnxTarget().build_graph(source, out_dir)
+    return {**entry, **source.spec.to_dict()}

@@ -2,44 +2,77 @@
 
 from __future__ import annotations
 
-import logging
+import importlib.util
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from neat_edge.errors import NeatError
 from neat_edge.export.bundle import Bundle, install_bundle, staging_dir, write_bundle_files
-from neat_edge.export.onnx import OnnxTarget
+from neat_edge.export.precision import PRECISIONS, quiet_exporter_logs
 from neat_edge.export.spec import step_spec
-from neat_edge.export.verify import DEFAULT_TOLERANCE, parity_report, read_corpus
+from neat_edge.export.verify import BPB_TOLERANCE, DEFAULT_TOLERANCE, backend_passed, parity_report, read_corpus
 from neat_edge.model.neat import NeatModel
 
-TARGETS = {"onnx": OnnxTarget}
+TARGET_NAMES = ("onnx", "coreml", "tensorrt")  # build order: the TensorRT target reuses the ONNX file
+DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16", "tensorrt": "fp16"}
+TARGET_PRECISIONS = {"onnx": ("fp32", "fp16"), "coreml": ("fp32", "fp16"), "tensorrt": PRECISIONS}
 PARITY_SEGMENTS = 40
 
 
-def _quiet_exporter_logs() -> None:
-    for name in ("torch.onnx", "torch._export", "torch.export", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+def make_target(name: str, precision: str | None = None, stateful: bool = False):
+    """The export target `name` in `precision` (None: the target's default)."""
+    if name not in TARGET_NAMES:
+        raise NeatError(f"unknown export target '{name}' (choose from {', '.join(TARGET_NAMES)}, all)")
+    precision = precision or DEFAULT_PRECISION[name]
+    if precision not in TARGET_PRECISIONS[name]:
+        raise NeatError(f"target '{name}' has no precision '{precision}' "
+                        f"(choose from {', '.join(TARGET_PRECISIONS[name])})")
+    if stateful and name != "coreml":
+        raise NeatError("--stateful applies to the coreml target only")
+    if name == "onnx":
+        from neat_edge.export.onnx import OnnxTarget
+
+        return OnnxTarget(precision)
+    if name == "coreml":
+        from neat_edge.export.coreml import CoreMLTarget
+
+        return CoreMLTarget(precision, stateful=stateful)
+    from neat_edge.export.tensorrt import TensorRTTarget
+
+    return TensorRTTarget(precision)
+
+
+def unbuildable_reason(name: str) -> str | None:
+    """Why target `name` cannot be built on this machine at all (None: it can)."""
+    if name == "coreml" and importlib.util.find_spec("coremltools") is None:
+        return "coremltools is not installed (pip install -e \".[coreml]\")"
+    return None
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: bool = True,
                   corpus: str | Path | None = None, segments: int = PARITY_SEGMENTS,
-                  tolerance: float = DEFAULT_TOLERANCE, log=print, patching=None) -> dict:
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise NeatError(f"unknown export target '{unknown[0]}' (available here: {', '.join(TARGETS)})")
-    _quiet_exporter_logs()
+                  tolerance: float = DEFAULT_TOLERANCE, log=print, patching=None,
+                  precision: str | None = None, stateful: bool = False) -> dict:
+    built = [make_target(t, precision, stateful and t == "coreml") for t in targets]  # --stateful: Core ML's
+    quiet_exporter_logs()
     out = Path(out)
     staged = staging_dir(out)
     try:
         spec = step_spec(model)
-        start = time.time()
+        start = [time.time()]
 
-        def report_target(name, path):
-            log(f"{name}: {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {time.time() - start:.1f}s")
+        def report_target(name, path):  # the same line for every target: file, size, time
+            log(f"{name}: {path.name} ({_size_mb(path):.1f} MB) in {time.time() - start[0]:.1f}s")
+            start[0] = time.time()
 
-        manifest = write_bundle_files(model, spec, [TARGETS[t]() for t in targets], staged, report_target, patching)
+        manifest = write_bundle_files(model, spec, built, staged, report_target, patching)
         bundle = Bundle(staged, manifest)
         bundle.save_manifest()
         if verify:
@@ -52,11 +85,40 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
         failed = out.with_name(out.name + ".failed")
         shutil.rmtree(failed, ignore_errors=True)
         staged.rename(failed)
-        worst = manifest["parity"]["max_abs_logprob_diff"]
-        raise NeatError(f"parity check failed: max |Δ log-prob| {worst:.3g} > {tolerance:g}; "
-                        f"bundle kept at {failed} for inspection")
+        bad = [f"{name} ({r['precision']}: max |Δ log-prob| {r['max_abs_logprob_diff']:.3g}, "
+               f"Δ bits/byte {r['bits_per_byte_delta']:+.3g})"
+               for name, r in manifest["parity"]["backends"].items() if not r["passed"]]
+        raise NeatError(f"parity check failed for {', '.join(bad)} (tolerances: {tolerance:g} for fp32, "
+                        f"{BPB_TOLERANCE:g} bits/byte otherwise); bundle kept at {failed} for inspection")
     install_bundle(staged, out)
     return manifest
+
+
+def verification_sessions(path: Path, manifest: dict) -> tuple[dict, dict, dict]:
+    """(sessions, precisions, skipped) for every artifact of the bundle that this machine can run."""
+    from neat_edge.runtimes import open_session
+
+    graphs = manifest["graphs"]
+    sessions, precisions, skipped = {}, {}, {}
+    if "onnx" in graphs:
+        sessions["onnxruntime"] = open_session(path, backend="onnxruntime")
+        precisions["onnxruntime"] = graphs["onnx"]["precision"]
+    if "tensorrt" in graphs:
+        name = "onnxruntime (tensorrt onnx)"  # the TensorRT-ready ONNX itself, through ONNX Runtime
+        sessions[name] = open_session(path, backend="onnxruntime", graph="tensorrt")
+        precisions[name] = graphs["tensorrt"]["precision"]
+        if graphs["tensorrt"]["engine_built"]:
+            sessions["tensorrt"] = open_session(path, backend="tensorrt")
+            precisions["tensorrt"] = graphs["tensorrt"]["precision"]
+        else:
+            skipped["tensorrt"] = graphs["tensorrt"]["engine_missing"]
+    if "coreml" in graphs:
+        if sys.platform == "darwin":
+            sessions["coreml"] = open_session(path, backend="coreml")
+            precisions["coreml"] = graphs["coreml"]["precision"]
+        else:
+            skipped["coreml"] = f"Core ML predicts only on macOS (this is {sys.platform})"
+    return sessions, precisions, skipped
 
 
 def verify_bundle(path: Path, manifest: dict, corpus, segments: int, tolerance: float) -> dict:
@@ -64,8 +126,11 @@ def verify_bundle(path: Path, manifest: dict, corpus, segments: int, tolerance: 
 
     reference = open_session(path, backend="torch")
     data, name = read_corpus(corpus, segments, reference.config.segment_len)
-    candidates = {"onnxruntime": open_session(path, backend="onnxruntime")} if "onnx" in manifest["graphs"] else {}
-    report = parity_report(reference, candidates, data)
-    worst = max(r["max_abs_logprob_diff"] for r in report["backends"].values())
-    return {**report, "corpus": name, "tolerance": tolerance, "max_abs_logprob_diff": worst,
-            "passed": bool(worst <= tolerance)}
+    candidates, precisions, skipped = verification_sessions(path, manifest)
+    report = parity_report(reference, candidates, data, precisions)
+    for result in report["backends"].values():
+        result["passed"] = backend_passed(result, tolerance)
+    worst = max((r["max_abs_logprob_diff"] for r in report["backends"].values()), default=0.0)
+    return {**report, "corpus": name, "tolerance": tolerance, "bpb_tolerance": BPB_TOLERANCE,
+            "max_abs_logprob_diff": worst, "skipped": skipped,
+            "passed": all(r["passed"] for r in report["backends"].values())}

@@ -13,7 +13,8 @@ import numpy as np
 from neat_edge.errors import NeatError
 from neat_edge.runtimes.session import Session
 
-DEFAULT_TOLERANCE = 1e-4
+DEFAULT_TOLERANCE = 1e-4  # max |Δ log-prob| of an fp32 graph
+BPB_TOLERANCE = 0.01  # |Δ bits/byte| of a reduced-precision graph (fp16, int8)
 LN2 = math.log(2.0)
 
 
@@ -56,12 +57,17 @@ def state_max_rel_diff(a: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> 
     return worst
 
 
-def parity_report(reference: Session, candidates: dict[str, Session], data: bytes) -> dict:
+def parity_report(reference: Session, candidates: dict[str, Session], data: bytes,
+                  precisions: dict[str, str] | None = None) -> dict:
+    """Every candidate against the reference on the same stream. Per backend: max |Δ log-prob| (of
+    the actual bytes, and over every byte value), bits/byte and its delta, top-1 agreement, and the
+    state drift (max relative difference of the carried state) after all full segments."""
     ref_lp, ref_rows = reference.score_with_distributions(data)
+    ref_bpb = bits_per_byte(ref_lp)
     seg = reference.config.segment_len
     report = {
         "reference": {"backend": reference.backend.name, "bits_per_byte": bits_per_byte(ref_lp),
-                      "bytes": len(data), "segments": -(-len(data) // seg),
+                      "bytes": len(data), "segments": -(-len(data) // seg), "state_drift_segments": len(data) // seg,
                       "patching": reference.patches.kind, "mean_patch_length": reference.mean_patch_length,
                       "latent_steps_per_kb": 1024 / reference.mean_patch_length},
         "backends": {},
@@ -73,8 +79,18 @@ def parity_report(reference: Session, candidates: dict[str, Session], data: byte
             "max_abs_logprob_diff_all_bytes": float(np.abs(rows[:, :256].astype(np.float64)
                                                            - ref_rows[:, :256]).max()),
             "bits_per_byte": bits_per_byte(lp),
+            "bits_per_byte_delta": bits_per_byte(lp) - ref_bpb,
             "top1_agreement": float((rows.argmax(-1) == ref_rows.argmax(-1)).mean()),
             "state_max_rel_diff": state_max_rel_diff(session.state, reference.state),
+            "state_drift_segments": len(data) // seg,
             "mean_patch_length": session.mean_patch_length,
+            "precision": (precisions or {}).get(name, "fp32"),
         }
     return report
+
+
+def backend_passed(result: dict, tolerance: float = DEFAULT_TOLERANCE, bpb_tolerance: float = BPB_TOLERANCE) -> bool:
+    """fp32 graphs must match log-prob by log-prob; fp16 / int8 graphs must keep bits/byte."""
+    if result.get("precision", "fp32") == "fp32":
+        return result["max_abs_logprob_diff"] <= tolerance
+    return abs(result["bits_per_byte_delta"]) <= bpb_tolerance

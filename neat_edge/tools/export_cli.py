@@ -9,13 +9,13 @@ import typer
 from neat_edge.errors import NeatError
 from neat_edge.tools.common import console, run_app
 
-AVAILABLE = ("onnx",)
-PLANNED = ("coreml", "tensorrt")
-
 
 def export_command(
     out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
-    target: str = typer.Option("onnx", "--target", help="onnx (or all: every target buildable here)."),
+    target: str = typer.Option("onnx", "--target", help="onnx, coreml, tensorrt, or all (every target buildable here)."),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32 | fp16 | int8 (tensorrt); default: onnx fp32, coreml and tensorrt fp16."),
+    stateful: bool = typer.Option(False, "--stateful", help="coreml: keep the float state as Core ML states (iOS 18)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint directory to export."),
     preset_name: str | None = typer.Option(None, "--preset", help="Export a preset's seeded init instead."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Text for the parity check (default: CPython's LICENSE.txt)."),
@@ -30,28 +30,64 @@ def export_command(
 
     if checkpoint and preset_name:
         raise NeatError("give either --checkpoint or --preset, not both")
-    if target == "all":
-        targets = AVAILABLE
-        console.print(f"[yellow]not built:[/yellow] {', '.join(PLANNED)} (not supported by this version yet)")
-    elif target in AVAILABLE:
-        targets = (target,)
-    elif target in PLANNED:
-        raise NeatError(f"target '{target}' is not supported by this version yet (available: {', '.join(AVAILABLE)})")
-    else:
-        raise NeatError(f"unknown target '{target}' (choose from {', '.join(AVAILABLE + PLANNED)}, all)")
+    targets, not_built = select_targets(target, precision)
+    if stateful and "coreml" not in targets:
+        raise NeatError("--stateful applies to the coreml target only")
     source = str(checkpoint) if checkpoint else (preset_name or "default")
     model = load(source)
     console.print(f"exporting [bold]{source}[/bold] ({model.cfg.name}) -> {out}")
     with console.status("exporting and verifying..."):
         manifest = export_bundle(model, out, targets, verify=verify, corpus=corpus, segments=segments,
-                                 tolerance=tolerance, log=console.print, patching=patching_for(source, model))
+                                 tolerance=tolerance, log=console.print, patching=patching_for(source, model),
+                                 precision=precision, stateful=stateful)
     parity = manifest.get("parity")
     if parity:
         for name, r in parity["backends"].items():
-            console.print(f"parity {name} vs torch over {parity['reference']['segments']} segments: "
+            console.print(f"parity {name} ({r['precision']}) vs torch over {parity['reference']['segments']} segments: "
                           f"max |Δ log-prob| {r['max_abs_logprob_diff']:.2e}, top-1 {r['top1_agreement']:.4f}, "
-                          f"bits/byte {r['bits_per_byte']:.4f}")
+                          f"bits/byte {r['bits_per_byte']:.4f} (Δ {r['bits_per_byte_delta']:+.2e})")
+        for name, why in parity.get("skipped", {}).items():
+            console.print(f"parity {name}: not run here — {why}")
     console.print(f"[green]bundle written:[/green] {out}")
+    report_targets(manifest, out, target, not_built)
+
+
+def select_targets(target: str, precision: str | None):
+    """(targets to build, {target: why not}) for --target; `all` = every target buildable here."""
+    from neat_edge.export.pipeline import TARGET_NAMES, TARGET_PRECISIONS, unbuildable_reason
+
+    if target != "all":
+        if target not in TARGET_NAMES:
+            raise NeatError(f"unknown target '{target}' (choose from {', '.join(TARGET_NAMES)}, all)")
+        reason = unbuildable_reason(target)
+        if reason:
+            raise NeatError(f"cannot build target '{target}' here: {reason}")
+        return (target,), {}
+    not_built = {t: unbuildable_reason(t) for t in TARGET_NAMES if unbuildable_reason(t)}
+    if precision:  # `all` in one precision: only the targets that have it
+        not_built.update({t: f"no {precision} variant" for t in TARGET_NAMES if precision not in TARGET_PRECISIONS[t]})
+    return tuple(t for t in TARGET_NAMES if t not in not_built), not_built
+
+
+def report_targets(manifest: dict, out: Path, target: str, not_built: dict) -> None:
+    """Which targets were built and which not, and why. An explicitly requested TensorRT export whose
+    engine could not be built exits non-zero with one line; `--target all` reports it and succeeds."""
+    from neat_edge.export.pipeline import TARGET_NAMES
+
+    graphs = manifest["graphs"]
+    for name in TARGET_NAMES:
+        if name in graphs:
+            g = graphs[name]
+            note = ""
+            if name == "tensorrt" and not g["engine_built"]:
+                note = f" — engine not built: {g['engine_missing']}; recipe: {out / g['trtexec']}"
+            console.print(f"[green]built[/green] {name} ({g['precision']}): {out / g['file']}{note}")
+        elif name in not_built:
+            console.print(f"[yellow]not built[/yellow] {name}: {not_built[name]}")
+    trt = graphs.get("tensorrt")
+    if target == "tensorrt" and trt and not trt["engine_built"]:
+        raise NeatError(f"{trt['engine_missing']}: wrote {out / trt['file']} and {out / trt['trtexec']}; "
+                        f"on a machine with TensorRT and an NVIDIA GPU run: bash {out / trt['trtexec']}")
 
 
 def patching_for(source: str, model):
