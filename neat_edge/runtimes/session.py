@@ -44,6 +44,7 @@ class Session:
         self.model_id = model_id(config, {**self._initial, **self._initial_patch})
         rank = next(t.shape[0] for t in backend.spec.inputs if t.name == "svf_z")
         self.svf_z = np.ones(rank, np.float32) if svf_z is None else np.asarray(svf_z, np.float32)
+        self.experts = None  # ExpertLibrary (neat_edge.experts), set by open_session / open_model_session
         self.reset()
 
     # --- stream state ----------------------------------------------------------------------------
@@ -55,20 +56,49 @@ class Session:
         self.committed_patches = 0  # patches in the committed (full) segments
         self._pending_patches = 0  # patches of the pending partial segment
 
+    def reset_memory(self) -> None:
+        """Forget the Titans long-term memory (its weights, momentum and convolution history) and
+        keep the short-term context (recent bytes, the last latent): the memory ablation."""
+        self.state.update({k: v.copy() for k, v in self._initial.items() if k.startswith("memory.")})
+
     @property
     def mean_patch_length(self) -> float:
         """Mean patch length (bytes) over everything this stream has consumed."""
         return self.position / max(self.committed_patches + self._pending_patches, 1)
 
-    def run_segment(self, segment: bytes):
-        """One step on `segment` from the current committed state, without advancing the stream:
-        (graph outputs, next model state, next patcher state, patches used). No side effects."""
-        ids, mask, patch_state = self.patches(segment, self.patch_state)
+    def run_segment(self, segment: bytes, state=None, patch_state=None, svf_z=None):
+        """One step on `segment` from the current committed state (or the given state / patcher
+        state / z), without advancing the stream: (graph outputs, next model state, next patcher
+        state, patches used). No side effects."""
+        state = self.state if state is None else state
+        ids, mask, patch_state = self.patches(segment, self.patch_state if patch_state is None else patch_state)
         feeds = {"bytes": np.frombuffer(segment, np.uint8).astype(np.int64)[None],
-                 "patch_ids": ids[None], "patch_mask": mask[None], "svf_z": self.svf_z}
-        feeds.update({STATE_IN + k: v for k, v in self.state.items()})
+                 "patch_ids": ids[None], "patch_mask": mask[None], "svf_z": self.svf_z if svf_z is None else svf_z}
+        feeds.update({STATE_IN + k: v for k, v in state.items()})
         out = self.backend.step(feeds)
-        return out, {k: out[STATE_OUT + k] for k in self.state}, patch_state, int(mask.sum())
+        return out, {k: out[STATE_OUT + k] for k in state}, patch_state, int(mask.sum())
+
+    def snapshot(self) -> dict:
+        """A copy of the stream (state, patcher state, pending bytes, counters) that later calls
+        cannot touch: the first pass of dispatch runs on one, so the memory is left exactly as it was."""
+        return {"state": {k: v.copy() for k, v in self.state.items()},
+                "patch_state": {k: v.copy() for k, v in self.patch_state.items()},
+                "pending": self._pending, "position": self.position,
+                "patches": (self.committed_patches, self._pending_patches)}
+
+    def restore(self, snap: dict) -> None:
+        self.state = {k: v.copy() for k, v in snap["state"].items()}
+        self.patch_state = {k: v.copy() for k, v in snap["patch_state"].items()}
+        self._pending, self.position = snap["pending"], snap["position"]
+        self.committed_patches, self._pending_patches = snap["patches"]
+
+    def dispatch(self, prompt: bytes, strategy: str = "classifier", **options):
+        """Transformer² pass 1: choose the expert mixture for `prompt` (strategy: classifier,
+        fewshot:FILE, expert:NAME[=w,...], none; see runtimes/dispatch.py), set svf_z to it and
+        return the DispatchResult. The stream state is left untouched; pass 2 is score/generate."""
+        from neat_edge.runtimes.dispatch import dispatch
+
+        return dispatch(self, prompt, strategy, **options)
 
     def _commit_segment(self, segment: bytes):
         """Run a full segment and make its state the stream's state."""

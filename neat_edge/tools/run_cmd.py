@@ -34,22 +34,42 @@ def run_command(
     state: Path | None = typer.Option(None, "--state", help="Session state file: loaded if present, saved after."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
     seed: int | None = typer.Option(None, "--seed", help="Sampling seed."),
+    dispatch: str = typer.Option("none", "--dispatch",
+                                 help="Transformer² experts: classifier, fewshot:FILE, expert:NAME[=w,...] or none."),
+    dispatch_bytes: int = typer.Option(512, "--dispatch-bytes", min=0, help="Most prompt bytes pass 1 looks at."),
+    verbose: bool = typer.Option(False, "--verbose", help="Print the chosen expert mixture (stderr)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write {dispatch, output, timing} as JSON here."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
-    """Generate bytes after PROMPT and write them to stdout."""
-    from neat_edge.runtimes import open_session
+    """Generate bytes after PROMPT and write them to stdout (two passes with --dispatch)."""
+    import time
 
+    from neat_edge.runtimes import open_session
+    from neat_edge.runtimes.dispatch import parse_strategy
+
+    parse_strategy(dispatch)  # a bad --dispatch fails before any work
     data = read_prompt(prompt, prompt_file)
     session = open_session(bundle, backend=backend)
     if state is not None and state.exists():
         session.load_state(state)
+    start = time.perf_counter()
+    chosen = session.dispatch(data, dispatch, max_bytes=dispatch_bytes)  # pass 1 (memory untouched)
+    if verbose:
+        console.print(chosen.describe(), markup=False)
     if len(data) > session.config.segment_len * 64:
         with console.status(f"reading a {len(data) / 1e6:.1f} MB prompt..."):
             session.score(data)
         data = b""
-    out = session.generate(data, max_bytes, temperature=temperature, seed=seed)
+    out = session.generate(data, max_bytes, temperature=temperature, seed=seed)  # pass 2 with the adapted z
+    total = time.perf_counter() - start
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.write(b"\n")
     sys.stdout.buffer.flush()
     if state is not None:
         session.save_state(state)
+    if json_out is not None:
+        from neat_edge.fileio import atomic_write_json
+
+        atomic_write_json(json_out, {"dispatch": chosen.to_json(), "output": out.decode("utf-8", errors="replace"),
+                                     "output_bytes": len(out), "backend": backend,
+                                     "timing": {"dispatch_s": chosen.seconds, "total_s": total}})
