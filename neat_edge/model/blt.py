@@ -18,28 +18,30 @@ from neat_edge.model.layers import MLP, Attention, RMSNorm
 
 
 class LocalBlock(nn.Module):
-    """Pre-norm block: optional cross-attention, causal self-attention, MLP."""
+    """Pre-norm block: optional cross-attention, causal self-attention, MLP (SVF linears driven by
+    svf_z when the config's svf_scope is "all")."""
 
-    def __init__(self, dim: int, heads: int, cross_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, cross_dim: int | None = None, svf: bool = False):
         super().__init__()
-        self.cross = Attention(dim, heads) if cross_dim else None
+        init = "linear"  # as the plain nn.Linear these replace: the seeded init is the same either way
+        self.cross = Attention(dim, heads, svf=svf, svf_init=init) if cross_dim else None
         self.norm_cross = RMSNorm(dim) if cross_dim else None
-        self.norm_attn, self.attn = RMSNorm(dim), Attention(dim, heads)
-        self.norm_mlp, self.mlp = RMSNorm(dim), MLP(dim, 4)
+        self.norm_attn, self.attn = RMSNorm(dim), Attention(dim, heads, svf=svf, svf_init=init)
+        self.norm_mlp, self.mlp = RMSNorm(dim), MLP(dim, 4, svf=svf, svf_init=init)
 
-    def forward(self, x, pos, cross_kv=None, cross_mask=None):
+    def forward(self, x, pos, cross_kv=None, cross_mask=None, z=None):
         if self.cross is not None:
-            x = x + self.cross(self.norm_cross(x), cross_kv, cross_mask)
+            x = x + self.cross(self.norm_cross(x), cross_kv, cross_mask, z)
         causal = pos[:, None] >= pos[None, :]
         h = self.norm_attn(x)
-        x = x + self.attn(h, h, causal, q_pos=pos, k_pos=pos)
-        return x + self.mlp(self.norm_mlp(x))
+        x = x + self.attn(h, h, causal, z, q_pos=pos, k_pos=pos)
+        return x + self.mlp(self.norm_mlp(x), z)
 
 
-def patch_onehot(patch_ids: torch.Tensor, n_patches: int | torch.SymInt) -> torch.Tensor:
+def patch_onehot(patch_ids: torch.Tensor, n_patches: int | torch.SymInt, dtype=torch.float32) -> torch.Tensor:
     """[B,S] patch index per byte -> [B,S,P] float membership matrix (static rank)."""
     ids = torch.arange(n_patches, device=patch_ids.device)
-    return (patch_ids.unsqueeze(-1) == ids).to(torch.float32)
+    return (patch_ids.unsqueeze(-1) == ids).to(dtype)
 
 
 NGRAM_SIZES = range(3, 9)  # BLT hash n-gram embeddings, n = 3..8
@@ -75,13 +77,16 @@ class LocalEncoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_local)
         self.ngram_buckets = cfg.ngram_buckets
         self.ngram_embed = nn.Embedding(cfg.ngram_buckets, cfg.d_local) if cfg.ngram_buckets else None
-        self.layers = nn.ModuleList(LocalBlock(cfg.d_local, cfg.local_heads) for _ in range(cfg.encoder_layers))
+        svf = cfg.svf_scope == "all"
+        self.layers = nn.ModuleList(LocalBlock(cfg.d_local, cfg.local_heads, svf=svf)
+                                    for _ in range(cfg.encoder_layers))
         self.norm = RMSNorm(cfg.d_local)
-        self.cross = Attention(cfg.d_local, cfg.local_heads) if cfg.patch_pooling == "cross" else None
+        self.cross = Attention(cfg.d_local, cfg.local_heads, svf=svf, svf_init="linear") \
+            if cfg.patch_pooling == "cross" else None
         self.norm_query = RMSNorm(cfg.d_local) if self.cross is not None else None
         self.to_patch = nn.Linear(cfg.d_local, cfg.d_model)
 
-    def forward(self, tokens, patch_ids, n_patches):
+    def forward(self, tokens, patch_ids, n_patches, z=None):
         """tokens [B, W+S] -> byte hidden [B, W+S, d_local], patches [B, P, d_model]."""
         x = self.embed(tokens)
         if self.ngram_embed is not None:
@@ -89,14 +94,14 @@ class LocalEncoder(nn.Module):
                 x = x + self.ngram_embed(idx)
         pos = torch.arange(tokens.shape[1], device=tokens.device, dtype=x.dtype)
         for layer in self.layers:
-            x = layer(x, pos)
+            x = layer(x, pos, z=z)
         seg = self.norm(x[:, x.shape[1] - patch_ids.shape[1]:])
-        member = patch_onehot(patch_ids, n_patches)  # [B,S,P]
+        member = patch_onehot(patch_ids, n_patches, seg.dtype)  # [B,S,P]
         counts = member.sum(1).clamp(min=1.0).unsqueeze(-1)
         pooled = (member.transpose(1, 2) @ seg) / counts
         if self.cross is not None:
             mask = (member.transpose(1, 2) > 0).unsqueeze(1)  # [B,1,P,S]: a patch sees its own bytes
-            pooled = pooled + self.cross(self.norm_query(pooled), seg, mask)
+            pooled = pooled + self.cross(self.norm_query(pooled), seg, mask, z)
         return x, self.to_patch(pooled)
 
 
@@ -104,11 +109,11 @@ class LocalDecoder(nn.Module):
     def __init__(self, cfg: NeatConfig):
         super().__init__()
         self.from_latent = nn.Linear(cfg.d_model, cfg.d_local)
-        self.layers = nn.ModuleList(LocalBlock(cfg.d_local, cfg.local_heads, cross_dim=cfg.d_local)
-                                    for _ in range(cfg.decoder_layers))
+        self.layers = nn.ModuleList(LocalBlock(cfg.d_local, cfg.local_heads, cross_dim=cfg.d_local,
+                                               svf=cfg.svf_scope == "all") for _ in range(cfg.decoder_layers))
         self.norm = RMSNorm(cfg.d_local)
 
-    def forward(self, byte_hidden, latents, patch_ids):
+    def forward(self, byte_hidden, latents, patch_ids, z=None):
         """byte_hidden [B,S,d_local] (position i predicts byte i), latents [B,P+1,d_model]."""
         kv = self.from_latent(latents)
         latent_idx = torch.arange(latents.shape[1], device=latents.device)
@@ -116,5 +121,5 @@ class LocalDecoder(nn.Module):
         pos = torch.arange(byte_hidden.shape[1], device=byte_hidden.device, dtype=byte_hidden.dtype)
         x = byte_hidden
         for layer in self.layers:
-            x = layer(x, pos, kv, cross_mask)
+            x = layer(x, pos, kv, cross_mask, z)
         return self.norm(x)

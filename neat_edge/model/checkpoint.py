@@ -46,7 +46,7 @@ def is_checkpoint_dir(path: str | Path) -> bool:
     return (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
 
 
-def load_checkpoint(path: str | Path, svf: bool = True) -> NeatModel:
+def load_checkpoint(path: str | Path, svf: bool = True, svf_rank: int | None = None) -> NeatModel:
     path = Path(path)
     if not path.exists():
         raise NeatError(f"checkpoint not found: {path}")
@@ -58,8 +58,8 @@ def load_checkpoint(path: str | Path, svf: bool = True) -> NeatModel:
     except (SafetensorError, OSError, ValueError) as exc:
         raise NeatError(f"corrupted weights file {path / WEIGHTS_FILE}: {exc}") from None
     model = build(cfg)
-    if any(k.endswith(".U") for k in tensors):
-        convert_to_svf(model)
+    if any(k.endswith(".U") for k in tensors):  # an SVF checkpoint, possibly truncated: ranks from σ
+        convert_to_svf(model, ranks={k[: -len(".S")]: v.shape[0] for k, v in tensors.items() if k.endswith(".S")})
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:
@@ -71,21 +71,28 @@ def load_checkpoint(path: str | Path, svf: bool = True) -> NeatModel:
             raise NeatError(f"weights in {path} do not match its config (tensor '{k}' has shape "
                             f"{tuple(v.shape)}, expected {tuple(own[k].shape)})")
     model.load_state_dict(tensors)
+    model.svf_truncation_error = {}
     if svf and not any(k.endswith(".U") for k in tensors):
-        convert_to_svf(model)
+        model.svf_truncation_error = convert_to_svf(model, rank=svf_rank)
+    # Where the weights came from: its expert library (experts/) and trained dispatch head travel
+    # with the checkpoint, and export copies them into the bundle.
+    model.source_dir = path
+    from neat_edge.experts import apply_dispatch_head
+
+    apply_dispatch_head(model, path)
     return model.eval()
 
 
-def load(path_or_preset: str | Path = "default", svf: bool = True) -> NeatModel:
-    """The PyTorch model for a checkpoint directory, a preset name, or "default" (bundled tiny)."""
+def load(path_or_preset: str | Path = "default", svf: bool = True, svf_rank: int | None = None) -> NeatModel:
+    """The PyTorch model for a checkpoint directory, a preset name, or "default" (bundled tiny).
+    svf_rank truncates every SVF layer to that rank (the errors land in model.svf_truncation_error)."""
     key = str(path_or_preset)
     if key == "default":
         if not is_checkpoint_dir(DEFAULT_CHECKPOINT):
             raise NeatError(f"the bundled default checkpoint is missing from {DEFAULT_CHECKPOINT}")
-        return load_checkpoint(DEFAULT_CHECKPOINT, svf=svf)
+        return load_checkpoint(DEFAULT_CHECKPOINT, svf=svf, svf_rank=svf_rank)
     if key in PRESETS and not Path(key).exists():
         model = build(PRESETS[key])
-        if svf:
-            convert_to_svf(model)
+        model.svf_truncation_error = convert_to_svf(model, rank=svf_rank) if svf else {}
         return model.eval()
-    return load_checkpoint(path_or_preset, svf=svf)
+    return load_checkpoint(path_or_preset, svf=svf, svf_rank=svf_rank)

@@ -42,13 +42,20 @@ def masked_attention(q, k, v, mask):
     return scores.softmax(-1) @ v
 
 
-class Attention(nn.Module):
-    """Multi-head attention; `svf=True` makes its projections SVF linears (latent layers)."""
+def _linear(svf: bool, svf_init: str):
+    if svf:
+        return lambda i, o: SVFLinear(i, o, init=svf_init)
+    return lambda i, o: nn.Linear(i, o, bias=False)
 
-    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, svf: bool = False):
+
+class Attention(nn.Module):
+    """Multi-head attention; `svf=True` makes its projections SVF linears (latent layers; local layers
+    with svf_scope "all", initialised like nn.Linear: svf_init="linear")."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, svf: bool = False, svf_init: str = "normal"):
         super().__init__()
         kv_dim = kv_dim or dim
-        lin = SVFLinear if svf else (lambda i, o: nn.Linear(i, o, bias=False))
+        lin = _linear(svf, svf_init)
         self.heads, self.svf = heads, svf
         self.q, self.k, self.v, self.o = lin(dim, dim), lin(kv_dim, dim), lin(kv_dim, dim), lin(dim, dim)
 
@@ -68,9 +75,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, ratio: int, svf: bool = False):
+    def __init__(self, dim: int, ratio: int, svf: bool = False, svf_init: str = "normal"):
         super().__init__()
-        lin = SVFLinear if svf else (lambda i, o: nn.Linear(i, o, bias=False))
+        lin = _linear(svf, svf_init)
         self.svf = svf
         self.up, self.down = lin(dim, dim * ratio), lin(dim * ratio, dim)
 

@@ -173,6 +173,11 @@ class NeuralMemory(nn.Module):
         change nothing. Chunk boundaries sit at fixed token indices, so they never depend on how
         many tokens follow. n_chunks = 1 is one chunk of all T tokens, whatever chunk_size says.
         Shapes: k, v, q [B,H,T,d]; gates and mask [B,H,T]. Returns (state, read [B,H,T,d] or None)."""
+        if torch.is_autocast_enabled(k.device.type):  # bf16 training: the memory stays fp32 (seed 004 §8.3)
+            with torch.autocast(k.device.type, enabled=False):
+                k, v, alpha, theta, eta, q, mask = (None if x is None else x.float()
+                                                    for x in (k, v, alpha, theta, eta, q, mask))
+                return self.scan(state, k, v, alpha, theta, eta, q, mask, n_chunks)
         t = k.shape[2]
         size = t
         if n_chunks > 1:

@@ -1,41 +1,34 @@
-"""Runtimes: one Session API over every backend (ONNX Runtime, PyTorch; Core ML / TensorRT later)."""
+"""Runtimes: one Session API over every backend (ONNX Runtime, PyTorch, Core ML, TensorRT)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from neat_edge.errors import NeatError
+from neat_edge.runtimes.select import BACKENDS  # onnxruntime, torch, coreml, tensorrt
 from neat_edge.runtimes.session import Session
 
-BACKENDS = ("onnxruntime", "torch")
 
-
-def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=None) -> Session:
-    """Open a stateful session on a bundle. backend: "onnxruntime" (or "onnxruntime:cpu|cuda|coreml")
-    or "torch" (the bundle's PyTorch checkpoint through the same session code)."""
+def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=None, graph: str | None = None) -> Session:
+    """Open a stateful session on a bundle. backend: "onnxruntime" (or "onnxruntime:cpu|cuda|coreml"),
+    "torch" / "torch:cuda" (the bundle's PyTorch checkpoint through the same session code), "coreml"
+    (or "coreml:cpu|gpu|ane", macOS) or "tensorrt" (the bundle's TensorRT engine, NVIDIA GPU).
+    graph="tensorrt" with an onnxruntime backend runs the bundle's TensorRT-ready ONNX instead."""
     from neat_edge.export.bundle import open_bundle
+    from neat_edge.runtimes.select import parse_backend, step_backend
 
-    kind, _, device = backend.partition(":")
-    if kind not in BACKENDS:
-        raise NeatError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    kind, device = parse_backend(backend)
     bundle = open_bundle(bundle_dir)
-    if kind == "onnxruntime":
-        from neat_edge.runtimes.onnxruntime import OnnxRuntimeBackend
+    impl = step_backend(bundle, kind, device, graph)
+    session = Session(impl, bundle.config, bundle.initial_state(), svf_z=svf_z,
+                      patches=_bundle_patches(bundle, kind, device, graph))
+    from neat_edge.experts import library_for_bundle
 
-        path, spec = bundle.graph("onnx")
-        impl = OnnxRuntimeBackend(path, spec, device or "cpu")
-    else:
-        if device:
-            raise NeatError(f"backend 'torch' takes no device suffix (got '{backend}')")
-        from neat_edge.model.checkpoint import load_checkpoint
-        from neat_edge.runtimes.torch import TorchBackend
-
-        impl = TorchBackend(load_checkpoint(bundle.checkpoint_dir))
-    return Session(impl, bundle.config, bundle.initial_state(), svf_z=svf_z,
-                   patches=_bundle_patches(bundle, kind, device or "cpu"))
+    session.experts = library_for_bundle(bundle)  # experts/ is read now: a file copied in is found
+    return session
 
 
-def _bundle_patches(bundle, kind: str, device: str):
+def _bundle_patches(bundle, kind: str, device: str, graph: str | None = None):
     """The session's patch source for a bundle: fixed, or the entropy graph on the same backend kind."""
     from neat_edge.runtimes.patches import EntropyPatches, FixedPatches
 
@@ -45,26 +38,18 @@ def _bundle_patches(bundle, kind: str, device: str):
     import numpy as np
 
     from neat_edge.config import BOS
-    from neat_edge.export.spec import GraphSpec
     from neat_edge.patching import EntropyPatcher
+    from neat_edge.runtimes.select import entropy_backend
 
     patcher = EntropyPatcher(info["threshold"], info["relative_threshold"], info["max_patch_len"])
-    if kind == "onnxruntime":
-        from neat_edge.runtimes.onnxruntime import OnnxRuntimeBackend
-
-        entry = info["graphs"]["onnx"]
-        backend = OnnxRuntimeBackend(bundle.path / entry["file"], GraphSpec.from_dict(entry), device)
-    else:
-        from neat_edge.model.entropy import load_entropy_model
-        from neat_edge.runtimes.torch import TorchEntropyBackend
-
-        backend = TorchEntropyBackend(load_entropy_model(bundle.checkpoint_dir))
+    backend = entropy_backend(bundle, kind, device, graph)
     return EntropyPatches(backend, np.full((1, info["entropy_context_len"]), BOS, np.int64), patcher)
 
 
-def open_model_session(model, svf_z=None, patching=None) -> Session:
+def open_model_session(model, svf_z=None, patching=None, experts_dir=None) -> Session:
     """A session over an in-memory PyTorch model (no bundle needed); patching = (entropy model,
-    EntropyPatcher) for a model that uses entropy patching."""
+    EntropyPatcher) for a model that uses entropy patching; experts_dir = its expert library
+    (default: experts/ of the checkpoint it was loaded from)."""
     from neat_edge.runtimes.patches import EntropyPatches
     from neat_edge.runtimes.torch import TorchBackend, TorchEntropyBackend
 
@@ -75,8 +60,12 @@ def open_model_session(model, svf_z=None, patching=None) -> Session:
         entropy_model, patcher = patching
         context = entropy_model.initial_state(1)["byte_context"].cpu().numpy()
         patches = EntropyPatches(TorchEntropyBackend(entropy_model), context, patcher)
-    init = {k: v.numpy() for k, v in model.initial_state(1).items()}
-    return Session(TorchBackend(model), model.cfg, init, svf_z=svf_z, patches=patches)
+    init = {k: v.cpu().numpy() for k, v in model.initial_state(1).items()}
+    session = Session(TorchBackend(model), model.cfg, init, svf_z=svf_z, patches=patches)
+    from neat_edge.experts import library_for_model
+
+    session.experts = library_for_model(model, experts_dir)
+    return session
 
 
 __all__ = ["Session", "open_session", "open_model_session", "BACKENDS"]

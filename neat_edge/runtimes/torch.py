@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from neat_edge.errors import NeatError
 from neat_edge.export.base import StepModule
 from neat_edge.export.spec import GraphSpec, step_spec
 from neat_edge.model.neat import NeatModel
@@ -19,15 +20,27 @@ class _TorchGraph:
 
     @torch.no_grad()
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.spec.input_names]
-        return {n: t.numpy() for n, t in zip(self.spec.output_names, self.module(*args))}
+        device = next(self.module.parameters()).device  # the module's own device (cpu or cuda)
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(device) for n in self.spec.input_names]
+        return {n: t.cpu().numpy() for n, t in zip(self.spec.output_names, self.module(*args))}
+
+
+def place(model: torch.nn.Module, device: str | None, backend) -> torch.nn.Module:
+    """Move the model to `device` ("cpu" | "cuda"; None keeps it where it is) and name the backend."""
+    if device is None:
+        return model
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NeatError("backend torch:cuda needs a CUDA GPU and a CUDA build of PyTorch "
+                        f"(this PyTorch {torch.__version__} sees none)")
+    backend.name = "torch" if device == "cpu" else f"torch:{device}"
+    return model.to(device)
 
 
 class TorchBackend(_TorchGraph):
-    """The NEAT step graph (export.spec.step_spec)."""
+    """The NEAT step graph (export.spec.step_spec); device "cuda" runs it on the GPU (torch:cuda)."""
 
-    def __init__(self, model: NeatModel):
-        self.model = model.eval()
+    def __init__(self, model: NeatModel, device: str | None = None):
+        self.model = place(model, device, self).eval()
         self.spec = step_spec(model)
         self.module = StepModule(model, self.spec).eval()
 
@@ -35,9 +48,9 @@ class TorchBackend(_TorchGraph):
 class TorchEntropyBackend(_TorchGraph):
     """The BLT entropy model (graph spec: export.spec.entropy_spec)."""
 
-    def __init__(self, model):
-        from neat_edge.export.onnx import EntropyStepModule
+    def __init__(self, model, device: str | None = None):
+        from neat_edge.export.base import EntropyStepModule
         from neat_edge.export.spec import entropy_spec
 
         self.spec = entropy_spec(model)
-        self.module = EntropyStepModule(model.eval())
+        self.module = EntropyStepModule(place(model, device, self).eval())

@@ -1,13 +1,16 @@
-"""`neat`: the command-line entry point (train, export, parity, run, info)."""
+"""`neat`: the command-line entry point (train, eval, profile, export, parity, run, info, ...)."""
 
 from __future__ import annotations
 
 import typer
 
 from neat_edge.tools.common import run_app
+from neat_edge.tools.eval_cmd import eval_command
+from neat_edge.tools.experts_cmd import experts_command
 from neat_edge.tools.export_cli import export_command
 from neat_edge.tools.info_cmd import info_command
 from neat_edge.tools.parity_cmd import parity_command
+from neat_edge.tools.profile_cmd import profile_command
 from neat_edge.tools.run_cmd import run_command
 from neat_edge.tools.train_cmd import train_command
 
@@ -21,10 +24,13 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 app.command("train")(train_command)
+app.command("eval")(eval_command)
+app.command("profile")(profile_command)
 app.command("export")(export_command)
 app.command("parity")(parity_command)
 app.command("run")(run_command)
 app.command("info")(info_command)
+app.command("experts")(experts_command)
 
 
 def main() -> None:

@@ -9,10 +9,11 @@ import typer
 from neat_edge.config import NeatConfig, preset
 from neat_edge.errors import NeatError
 from neat_edge.tools.common import console
-from neat_edge.training.train import TrainOptions, train
+from neat_edge.training.train import PRECISIONS, TrainOptions, train
 
 
 def train_command(
+    ctx: typer.Context,
     data: list[Path] = typer.Option(..., "--data", help="Training files or directories: --data A B C..."),
     more_data: list[Path] | None = typer.Argument(None, hidden=True, help="Further paths after --data."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
@@ -23,30 +24,60 @@ def train_command(
     segments: int = typer.Option(4, "--segments", min=1, help="Segments per window (memory carried)."),
     tbptt: int = typer.Option(4, "--tbptt", min=1, help="Backprop through at most this many segments."),
     lr: float = typer.Option(2e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seeds the data sampler and torch: same seed, same run."),
+    warmup: int = typer.Option(50, "--warmup", min=0, help="Linear warm-up steps before the cosine decay."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing",
+                                            help="Recompute each segment's activations in backward (less memory)."),
+    eval_every: int = typer.Option(0, "--eval-every", min=0, help="Held-out bits-per-byte every N steps."),
+    eval_bytes: int = typer.Option(65536, "--eval-bytes", min=1, help="Held-out bytes per evaluation."),
+    save_every: int = typer.Option(0, "--save-every", min=0, help="Save weights + trainer state every N steps."),
+    max_minutes: float = typer.Option(0.0, "--max-minutes", min=0.0,
+                                      help="Stop after this much training time (resumable with --resume)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out (weights, optimizer, RNG)."),
     entropy_model: bool = typer.Option(False, "--entropy-model", help="Train the BLT entropy model instead."),
     entropy_checkpoint: Path | None = typer.Option(None, "--entropy-checkpoint",
                                                    help="Trained entropy model (for entropy patching)."),
+    expert: str | None = typer.Option(None, "--expert", help="Train a Transformer² expert NAME (z only) on --data "
+                                      "for --base; writes OUT/NAME.safetensors (OUT = BASE/experts ships it)."),
+    domain: str | None = typer.Option(None, "--domain", help="What the expert's data are (listed by `neat experts`)."),
+    base: Path | None = typer.Option(None, "--base", help="The trained checkpoint an expert adapts."),
+    objective: str = typer.Option("nll", "--objective", help="Expert objective: nll, or reinforce (Transformer² RL)."),
+    kl_coef: float = typer.Option(0.1, "--kl-coef", min=0.0, help="KL penalty λ of the reinforce objective."),
+    dispatch_head: bool = typer.Option(True, "--dispatch-head/--no-dispatch-head",
+                                       help="After an expert lands in BASE/experts: retrain the dispatch head over "
+                                       "all of them and measure routing (BASE/dispatch_log.json)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
-    """Train a model (AdamW, cosine schedule, clipping, chained segments) and save a checkpoint."""
+    """Train a model (AdamW, cosine schedule, clipping, chained segments, resumable) and save a checkpoint."""
+    if expert is not None:  # a Transformer² expert instead (options left at default take the expert defaults)
+        from neat_edge.tools.experts_cmd import train_expert_cli
+
+        return train_expert_cli(ctx, expert, domain, base, [*data, *(more_data or [])], out, objective, kl_coef,
+                                dispatch_head, steps=steps, batch_size=batch_size, segments=segments, lr=lr,
+                                warmup=warmup, seed=seed, device=device, eval_bytes=eval_bytes)
     cfg = NeatConfig.load(config) if config else preset(preset_name)
+    if precision not in PRECISIONS:
+        raise NeatError(f"unknown --precision '{precision}' (choose from {', '.join(PRECISIONS)})")
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise NeatError("--device cuda asked for, but no CUDA device is available")
     opts = TrainOptions(steps=steps, batch_size=batch_size, segments=segments, tbptt=tbptt, lr=lr, seed=seed,
-                        device=device, entropy_checkpoint=str(entropy_checkpoint) if entropy_checkpoint else None)
+                        warmup=warmup, device=device, precision=precision, grad_checkpointing=grad_checkpointing,
+                        eval_every=eval_every, eval_bytes=eval_bytes, save_every=save_every, max_minutes=max_minutes,
+                        entropy_checkpoint=str(entropy_checkpoint) if entropy_checkpoint else None)
     paths = [*data, *(more_data or [])]
     if entropy_model:
         from neat_edge.model.entropy import EntropyConfig
         from neat_edge.training.train import train_entropy
 
-        result = train_entropy(EntropyConfig(segment_len=cfg.segment_len), paths, out, opts)
+        result = train_entropy(EntropyConfig(segment_len=cfg.segment_len), paths, out, opts, resume=resume)
     else:
-        result = train(cfg, paths, out, opts)
+        result = train(cfg, paths, out, opts, resume=resume)
+    stopped = f"  stopped at step {result['steps_done']} (--resume goes on)" if result["stopped_early"] else ""
     console.print(f"[green]saved[/green] {out}  params={result['parameters']:,}  "
                   f"held-out bits/byte={result['heldout_bits_per_byte']:.4f}  "
-                  f"({result['train_seconds']:.0f}s, {result['bytes_per_second']:.0f} bytes/s)")
+                  f"({result['train_seconds']:.0f}s, {result['bytes_per_second']:.0f} bytes/s){stopped}")

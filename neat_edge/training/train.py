@@ -1,8 +1,12 @@
-"""Training v0: AdamW, warmup + cosine schedule, gradient clipping, segments chained with the memory
-carried (truncated backprop every `tbptt` segments), held-out bits-per-byte at the end."""
+"""Training: AdamW, warmup + cosine, clipping, segments chained with the memory carried (truncated
+backprop every `tbptt` segments), bf16 autocast on GPU (the Titans memory update stays fp32),
+optional gradient checkpointing per segment, periodic held-out bits-per-byte, and resumable saves
+(weights + optimizer + RNG, all safetensors/JSON) so a run can stop anywhere and go on bit-for-bit.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -12,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.checkpoint import checkpoint
 
 from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
 from neat_edge.fileio import atomic_write_json
-from neat_edge.model.checkpoint import build, save_checkpoint
+from neat_edge.model.checkpoint import build, load_checkpoint, save_checkpoint
 from neat_edge.model.entropy import (
     EntropyConfig,
     build_entropy_model,
@@ -28,8 +33,10 @@ from neat_edge.model.entropy import (
 from neat_edge.model.neat import NeatModel, count_parameters
 from neat_edge.training.data import ByteCorpus
 from neat_edge.training.patches import WindowPatches
+from neat_edge.training.resume import has_trainer_state, load_trainer_state, save_trainer_state
 
 LN2 = math.log(2.0)
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -45,11 +52,29 @@ class TrainOptions:
     clip: float = 1.0
     seed: int = 0
     eval_bytes: int = 65536
+    eval_every: int = 0  # held-out bits-per-byte every N steps (0: only at the end)
+    save_every: int = 0  # weights + trainer state every N steps (0: only at the end)
+    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    grad_checkpointing: bool = False  # recompute each segment's activations in backward
+    max_minutes: float = 0.0  # stop (resumable) after this much training time; 0 = no limit
     device: str = "cpu"
     entropy_checkpoint: str | None = None  # entropy patching: the trained entropy model
 
+    def autocast_dtype(self) -> torch.dtype | None:
+        if self.precision not in PRECISIONS:
+            raise NeatError(f"unknown precision '{self.precision}' (choose from {', '.join(PRECISIONS)})")
+        use_bf16 = self.precision == "bf16" or (self.precision == "auto" and self.device.startswith("cuda"))
+        return torch.bfloat16 if use_bf16 else None
 
-def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None, patches: WindowPatches | None = None):
+
+def _autocast(device: str, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None, patches: WindowPatches | None = None,
+                grad_checkpointing: bool = False):
     """Sum of -log p over windows [B, n*S] scored segment by segment with the state carried.
     Works for NeatModel (fixed or entropy patches) and EntropyModel alike."""
     seg = model.cfg.segment_len
@@ -57,13 +82,15 @@ def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None, p
     if is_neat:
         plan = (patches or WindowPatches(model.cfg))(windows)
         z = model.default_svf_z()
+    recompute = grad_checkpointing and torch.is_grad_enabled()
     total = windows.new_zeros((), dtype=torch.float32)
     for i in range(windows.shape[1] // seg):
         if tbptt and i and i % tbptt == 0:
             state = {k: v.detach() for k, v in state.items()}
         x = windows[:, i * seg : (i + 1) * seg]
-        out, state = model.step(x, *plan[i], z, state) if is_neat else model.step(x, state)
-        total = total - out["byte_logprobs"].gather(-1, x.unsqueeze(-1)).sum()
+        args = (x, *plan[i], z, state) if is_neat else (x, state)
+        out, state = checkpoint(model.step, *args, use_reentrant=False) if recompute else model.step(*args)
+        total = total - out["byte_logprobs"].float().gather(-1, x.unsqueeze(-1)).sum()
     return total, state
 
 
@@ -75,7 +102,7 @@ def _fresh_state(model, batch: int):
 
 @torch.no_grad()
 def evaluate_bpb(model, data: np.ndarray, streams: int = 8, max_bytes: int | None = None,
-                 device: str = "cpu", patches: WindowPatches | None = None) -> float:
+                 device: str = "cpu", patches: WindowPatches | None = None, autocast: torch.dtype | None = None) -> float:
     """Bits per byte of `data`, split into `streams` contiguous streams scored in parallel with the
     state carried across segments from a fresh start."""
     seg = model.cfg.segment_len
@@ -86,7 +113,8 @@ def evaluate_bpb(model, data: np.ndarray, streams: int = 8, max_bytes: int | Non
     if per_stream == 0:
         raise ValueError("evaluation data is shorter than one segment")
     windows = torch.from_numpy(data[: streams * per_stream].astype(np.int64)).view(streams, per_stream)
-    nll, _ = chained_nll(model, windows.to(device), _fresh_state(model, streams), patches=patches)
+    with _autocast(device, autocast):
+        nll, _ = chained_nll(model, windows.to(device), _fresh_state(model, streams), patches=patches)
     return float(nll) / windows.numel() / LN2
 
 
@@ -96,70 +124,128 @@ def _param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def fit(model, corpus: ByteCorpus, opts: TrainOptions, show_progress: bool = True, label: str = "train",
-        patches: WindowPatches | None = None) -> dict:
-    """The training loop shared by every byte model: AdamW, warmup + cosine, clipping, chained
-    segments with truncated backprop, non-finite batches skipped. Returns the run's measurements."""
+def _progress_columns(label: str):
+    return [TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.3f}  bpb {task.fields[bpb]:.3f}  held-out {task.fields[eval]:.3f}"),
+            TimeElapsedColumn(), TimeRemainingColumn()]
+
+
+def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save_weights, resume: bool = False,
+        show_progress: bool = True, label: str = "train", patches: WindowPatches | None = None) -> dict:
+    """The training loop shared by every byte model. `save_weights(model, out_dir)` writes the
+    weights; the trainer state goes next to them at every save, so `resume=True` continues a run
+    (same batches, same schedule, same result as never stopping). Returns the run's measurements."""
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     model.to(opts.device).train()
+    amp = opts.autocast_dtype()
     optim = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.95))
 
     def lr_factor(step):  # linear warmup, then cosine down to min_lr_ratio
         if step < opts.warmup:
             return (step + 1) / opts.warmup
         progress = (step - opts.warmup) / max(1, opts.steps - opts.warmup)
-        return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
+    run = {"step": 0, "loss_history": [], "eval_curve": [], "skipped_nonfinite_steps": 0, "train_seconds": 0.0}
+    if resume:
+        run.update(load_trainer_state(out_dir, model, optim, sched, rng))
     window = model.cfg.segment_len * opts.segments
-    history, start, skipped = [], time.time(), 0
-    columns = [TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.3f}  bpb {task.fields[bpb]:.3f}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=not show_progress, transient=False) as progress:
-        task = progress.add_task(label, total=opts.steps, loss=float("nan"), bpb=float("nan"))
-        for _ in range(opts.steps):
+    started_at, session_seconds, session_steps = run["step"], 0.0, 0
+
+    def save():
+        model.cpu()
+        save_weights(model, out_dir)
+        model.to(opts.device)
+        save_trainer_state(out_dir, model, optim, sched, rng, run)
+
+    def held_out_bpb():
+        model.eval()
+        bpb = evaluate_bpb(model, corpus.heldout_stream.array(opts.eval_bytes), device=opts.device,
+                           patches=patches, autocast=amp)
+        model.train()
+        run["eval_curve"].append([run["step"], round(bpb, 5)])
+        return bpb
+
+    last_eval = run["eval_curve"][-1][1] if run["eval_curve"] else float("nan")
+    with Progress(*_progress_columns(label), disable=not show_progress, transient=False) as progress:
+        task = progress.add_task(label, total=opts.steps, completed=run["step"], loss=float("nan"),
+                                 bpb=float("nan"), eval=last_eval)
+        while run["step"] < opts.steps:
+            tick = time.perf_counter()
             x = torch.from_numpy(corpus.sample(rng, opts.batch_size, window)).to(opts.device)
-            nll, _ = chained_nll(model, x, _fresh_state(model, opts.batch_size), opts.tbptt, patches)
+            with _autocast(opts.device, amp):
+                nll, _ = chained_nll(model, x, _fresh_state(model, opts.batch_size), opts.tbptt, patches,
+                                     opts.grad_checkpointing)
             loss = nll / x.numel()
             optim.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                skipped += 1  # a non-finite batch must never reach the weights
-                sched.step()
-                progress.update(task, advance=1)
-                continue
-            optim.step()
+            if torch.isfinite(loss) and torch.isfinite(grad_norm):
+                optim.step()
+                run["loss_history"].append(round(loss.item(), 5))
+            else:
+                run["skipped_nonfinite_steps"] += 1  # a non-finite batch must never reach the weights
             sched.step()
-            history.append(loss.item())
-            recent = float(np.mean(history[-20:]))
-            progress.update(task, advance=1, loss=recent, bpb=recent / LN2)
-    train_seconds = time.time() - start
+            if opts.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            spent = time.perf_counter() - tick
+            session_seconds, session_steps = session_seconds + spent, session_steps + 1
+            run["step"] += 1
+            run["train_seconds"] = round(run["train_seconds"] + spent, 3)
+            recent = float(np.mean(run["loss_history"][-20:])) if run["loss_history"] else float("nan")
+            if opts.eval_every and run["step"] % opts.eval_every == 0 and run["step"] < opts.steps:
+                last_eval = held_out_bpb()
+            if opts.save_every and run["step"] % opts.save_every == 0 and run["step"] < opts.steps:
+                save()
+            progress.update(task, advance=1, loss=recent, bpb=recent / LN2, eval=last_eval)
+            if opts.max_minutes and session_seconds > opts.max_minutes * 60:
+                break
+    stopped_early = run["step"] < opts.steps
     model.eval()
-    heldout_bpb = evaluate_bpb(model, corpus.heldout, max_bytes=opts.eval_bytes, device=opts.device, patches=patches)
+    final_bpb = evaluate_bpb(model, corpus.heldout_stream.array(opts.eval_bytes), device=opts.device, patches=patches)
+    save()
     model.cpu()
+    history = run["loss_history"]
     return {
         "command": " ".join(["neat", *sys.argv[1:]]),
         "config": model.cfg.to_dict(),
         "parameters": count_parameters(model),
         "options": vars(opts),
-        "data": {"files": corpus.files, "train_bytes": int(len(corpus.train)),
-                 "heldout_bytes": int(len(corpus.heldout))},
+        "device_name": torch.cuda.get_device_name() if opts.device.startswith("cuda") else "cpu",
+        "precision": "bf16" if amp is not None else "fp32",
+        "data": {"files": corpus.files, "train_bytes": corpus.train_bytes, "heldout_bytes": corpus.heldout_bytes},
+        "steps_done": run["step"],
+        "resumed_from_step": started_at if resume else None,
+        "stopped_early": stopped_early,
         "final_train_loss_nats": float(np.mean(history[-50:])) if history else float("nan"),
-        "skipped_nonfinite_steps": skipped,
-        "heldout_bits_per_byte": heldout_bpb,
-        "train_seconds": round(train_seconds, 1),
-        "bytes_per_second": round(opts.steps * opts.batch_size * window / max(train_seconds, 1e-9), 1),
-        "loss_curve": [round(v, 4) for v in history[:: max(1, len(history) // 100)]],
+        "skipped_nonfinite_steps": run["skipped_nonfinite_steps"],
+        "heldout_bits_per_byte": final_bpb,
+        "eval_curve": run["eval_curve"],
+        "train_seconds": round(run["train_seconds"], 1),
+        "bytes_per_second": round(session_steps * opts.batch_size * window / max(session_seconds, 1e-9), 1),
+        "loss_curve": history[:: max(1, len(history) // 100)],
     }
 
 
-def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True) -> dict:
-    """Train a NeatModel from its seeded init and write a checkpoint directory (+ train_log.json)."""
+def _check_resume(out_dir, resume: bool) -> bool:
+    if resume and not has_trainer_state(out_dir):
+        raise NeatError(f"--resume: {out_dir} holds no trainer state to resume from")
+    return resume
+
+
+def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True,
+          resume: bool = False) -> dict:
+    """Train a NeatModel from its seeded init (or resume the run in out_dir) and write a checkpoint
+    directory with train_log.json and the trainer state."""
     corpus = ByteCorpus.from_paths(data_paths)
-    model = build(cfg)
+    if _check_resume(out_dir, resume):
+        model = load_checkpoint(out_dir, svf=False)  # the run's own config wins over the one given
+        cfg = model.cfg
+        model.train()
+    else:
+        model = build(cfg)
     patches, patching = None, None
     if cfg.patching == "entropy":
         if not opts.entropy_checkpoint:
@@ -168,33 +254,34 @@ def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progres
         entropy_model = load_entropy_model(opts.entropy_checkpoint)
         if entropy_model.cfg.segment_len != cfg.segment_len:
             raise NeatError("the entropy model's segment_len must equal the model's segment_len")
-        patcher = calibrate_patcher(entropy_model, corpus.train[: 1 << 18].tobytes(), cfg.target_patch_len / 10,
-                                    cfg.max_patch_len, cfg.segment_len)
+        patcher = calibrate_patcher(entropy_model, corpus.train_stream.array(1 << 18).tobytes(),
+                                    cfg.target_patch_len / 10, cfg.max_patch_len, cfg.segment_len)
         patches, patching = WindowPatches(cfg, entropy_model.to(opts.device), patcher), (entropy_model, patcher)
-    result = fit(model, corpus, opts, show_progress, patches=patches)
-    out = save_checkpoint(model, out_dir)
+    result = fit(model, corpus, opts, out_dir, save_checkpoint, resume, show_progress, patches=patches)
+    out = Path(out_dir)
     if patching:
         save_patching(out, patching[0].cpu(), patching[1])
         result["patcher"] = {"threshold": patching[1].threshold, "max_patch_len": patching[1].max_patch_len}
-    result["mean_patch_length"] = _mean_patch_length(patches or WindowPatches(cfg), corpus.heldout, cfg)
+    result["mean_patch_length"] = _mean_patch_length(patches or WindowPatches(cfg), corpus.heldout_stream, cfg)
     atomic_write_json(out / "train_log.json", result)
     return result
 
 
-def _mean_patch_length(patches: WindowPatches, data: np.ndarray, cfg: NeatConfig, max_bytes: int = 1 << 16) -> float:
+def _mean_patch_length(patches: WindowPatches, data, cfg: NeatConfig, max_bytes: int = 1 << 16) -> float:
     seg = cfg.segment_len
     n = min(len(data), max_bytes) // seg * seg
     if n == 0:
         return float("nan")
-    plan = patches(torch.from_numpy(data[:n].astype(np.int64)).view(1, n))
+    arr = data.array(n) if hasattr(data, "array") else data[:n]
+    plan = patches(torch.from_numpy(arr.astype(np.int64)).view(1, n))
     return n / sum(float(mask.sum()) for _, mask in plan)
 
 
-def train_entropy(cfg: EntropyConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True) -> dict:
+def train_entropy(cfg: EntropyConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True,
+                  resume: bool = False) -> dict:
     """Train the BLT entropy model and write entropy_config.json + entropy_model.safetensors."""
     corpus = ByteCorpus.from_paths(data_paths)
-    model = build_entropy_model(cfg)
-    result = fit(model, corpus, opts, show_progress, label="entropy")
-    out = save_entropy_model(model, out_dir)
-    atomic_write_json(Path(out) / "entropy_train_log.json", result)
+    model = load_entropy_model(out_dir).train() if _check_resume(out_dir, resume) else build_entropy_model(cfg)
+    result = fit(model, corpus, opts, out_dir, save_entropy_model, resume, show_progress, label="entropy")
+    atomic_write_json(Path(out_dir) / "entropy_train_log.json", result)
     return result
