@@ -17,6 +17,9 @@ from neat_edge.errors import NeatError
 # Byte vocabulary: 256 byte values plus a few specials (BLT keeps bytes as bytes; specials sit above).
 BOS, EOS, BOI, EOI = 256, 257, 258, 259
 N_SPECIALS = 4
+# MVoT: inside the token stream (never in the byte head's vocabulary) image code k of the VQ
+# codebook is token IMAGE_BASE + k, between a BOI and an EOI (model/mvot.py).
+IMAGE_BASE = 256 + N_SPECIALS
 MEMORY_ARCHS = ("mac", "mag", "mal")
 SVF_SCOPES = ("latent", "all")  # where SVF linears sit: latent layers only, or local layers too
 
@@ -49,11 +52,15 @@ class NeatConfig:
     memory_depth: int = 2  # L_M
     memory_expansion: int = 2  # hidden width of the memory MLP = expansion * head dim
     memory_chunks: int = 1  # memory writes per segment: chunks of max_patches_per_segment/memory_chunks patches
+    # Per-token clip of the surprise gradient ‖∇_{W_l} ℓ_t‖ (0 = off). Typical tokens of trained tiny/small
+    # models sit at 3-20 (head widths 80/96); unclipped outliers (> 100) drove a small model's memory to inf.
+    memory_max_grad_norm: int = 32
     # --- Transformer² experts and MVoT images ---
     svf_scope: str = "latent"  # SVF linears (driven by svf_z): latent (attention + MLP) or all (+ local layers)
     n_experts: int = 4  # dispatch-head outputs: the most experts the classifier can route between
     image_codebook_size: int = 256
-    image_grid: int = 8  # image = grid x grid codes
+    image_grid: int = 8  # image = grid x grid codes (MVoT: the VQ tokenizer's latent grid)
+    image_code_dim: int = 16  # width of a VQ codebook vector (model/vq.py)
     # --- misc ---
     seed: int = 0
 
@@ -83,7 +90,7 @@ class NeatConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise NeatError(f"config field '{f.name}' must be an integer, got {value!r}")
             low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window", "ngram_buckets",
-                                  "target_patch_len") else 1
+                                  "target_patch_len", "memory_max_grad_norm") else 1
             if value < low:
                 raise NeatError(f"config field '{f.name}' must be >= {low}, got {value}")
         if self.memory_arch not in MEMORY_ARCHS:
@@ -154,7 +161,9 @@ PRESETS: dict[str, NeatConfig] = {
     # < 2 M parameters: the test suite's model and the bundled default.
     # SVF in the local layers too: the experts' z then reaches the byte-level layers, where a domain
     # shows most (held-out Python, from the same base: 0.06 % better bits/byte with latent-only z, 0.5 % with all).
-    "tiny": NeatConfig(name="tiny", svf_scope="all"),
+    # MVoT: a 4x4 grid of codes, one per FrozenLake cell (training/visual_task.py), so a visual step of the
+    # grid task costs 16 image tokens.
+    "tiny": NeatConfig(name="tiny", svf_scope="all", image_grid=4),
     # ~20 M parameters.
     "small": NeatConfig(
         name="small", segment_len=256, context_len=64, d_local=256, encoder_layers=2, decoder_layers=3,

@@ -30,6 +30,45 @@ def test_chunked_closed_form_equals_sequential(depth, chunk):
             assert float((g - r).abs().max().detach() / r.abs().max().detach()) < 1e-5
 
 
+@pytest.mark.parametrize("chunk", [1, 16])
+def test_clipped_surprise_equals_sequential_with_per_token_clipping(chunk):
+    """max_grad_norm: each token's ∇_{W_l} ℓ_t is rescaled to norm ≤ max before Eq 13/14, as a
+    token-by-token autograd reference does it; and the clip is active (the result differs unclipped)."""
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(0)
+    clipped = NeuralMemory(32, heads=2, depth=2, chunk_size=chunk, max_grad_norm=0.5).double()
+    b, t = 2, 24
+    state = _random_state(clipped, b, gen)
+    k, v, _ = clipped.project(torch.randn(b, t, 32, generator=gen, dtype=torch.float64))
+    k, v = k.detach(), 3 * v.detach()
+    alpha, theta, eta = (torch.rand(b, 2, t, generator=gen, dtype=torch.float64) * s for s in (0.2, 0.05, 0.9))
+    got = clipped.update(state, k, v, alpha, theta, eta)
+    ref = sequential_update(state, k, v, alpha, theta, eta, chunk, max_grad_norm=0.5)
+    clipped.max_grad_norm = 0.0
+    free = clipped.update(state, k, v, alpha, theta, eta)
+    for g, r, f in zip(got["weights"] + got["momentum"], ref["weights"] + ref["momentum"],
+                       free["weights"] + free["momentum"]):
+        assert float((g - r).abs().max().detach() / r.abs().max().detach()) < 1e-6
+        assert float((g - f).abs().max().detach() / f.abs().max().detach()) > 1e-2
+
+
+def test_clipping_keeps_a_long_stream_bounded():
+    """An inner step far too large for the memory's curvature: unclipped the weights blow up within
+    a few hundred tokens, clipped they stay bounded (forgetting then caps the steady state)."""
+    gen = torch.Generator().manual_seed(3)
+    mem = NeuralMemory(16, heads=1, depth=2, chunk_size=8)
+    clipped = NeuralMemory(16, heads=1, depth=2, chunk_size=8, max_grad_norm=4.0)
+    clipped.load_state_dict(mem.state_dict())
+    k, v, _ = mem.project(torch.randn(1, 512, 16, generator=gen))
+    k, v = k.detach(), 4 * v.detach()
+    alpha, theta, eta = (torch.full((1, 1, 512), x) for x in (0.01, 1.0, 0.9))
+    with torch.no_grad():
+        blown = mem.update(mem.init_state(1), k, v, alpha, theta, eta)
+        kept = clipped.update(clipped.init_state(1), k, v, alpha, theta, eta)
+    assert not all(torch.isfinite(w).all() and w.abs().max() < 1e3 for w in blown["weights"])
+    assert all(torch.isfinite(w).all() and w.abs().max() < 1e3 for w in kept["weights"])
+
+
 def test_forget_gate_clears_or_keeps_memory():
     mem = NeuralMemory(16, heads=1, depth=2, chunk_size=8)
     state = mem.init_state(1)

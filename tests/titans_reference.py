@@ -18,9 +18,10 @@ def mlp(weights, x):
     return a
 
 
-def sequential_update(state, k, v, alpha, theta, eta, chunk_size, mask=None):
+def sequential_update(state, k, v, alpha, theta, eta, chunk_size, mask=None, max_grad_norm=0.0):
     """mask [B,H,T] (optional): tokens where it is 0 are skipped (no write, no decay, no momentum step),
-    but still count for chunk boundaries."""
+    but still count for chunk boundaries. max_grad_norm > 0 rescales each token's gradient of each
+    memory layer (per batch row and head) to at most that Frobenius norm."""
     weights = [w.clone() for w in state["weights"]]
     momentum = [s.clone() for s in state["momentum"]]
     t_total = k.shape[2]
@@ -31,6 +32,8 @@ def sequential_update(state, k, v, alpha, theta, eta, chunk_size, mask=None):
         w0 = [w.detach().clone().requires_grad_(True) for w in chunk_start]
         loss = (mlp(w0, k[:, :, t : t + 1]) - v[:, :, t : t + 1]).square().sum()
         grads = torch.autograd.grad(loss, w0)
+        if max_grad_norm > 0:
+            grads = [g * (max_grad_norm / g.norm(dim=(-2, -1), keepdim=True)).clamp(max=1.0) for g in grads]
         a, th, et = (g[:, :, t, None, None] for g in (alpha, theta, eta))
         new_momentum = [et * s - th * g for s, g in zip(momentum, grads)]
         new_weights = [(1 - a) * w + s for w, s in zip(weights, new_momentum)]

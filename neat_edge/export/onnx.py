@@ -83,18 +83,29 @@ def export_fp16_graph(source: GraphSource, path: Path) -> dict:
 
 
 def _tidy_fp16(half: onnx.ModelProto) -> onnx.ModelProto:
-    """Three fixes to what the float16 converter leaves: (1) a value that is fp32 and read as fp32
+    """Four fixes to what the float16 converter leaves: (0) duplicate Casts of one value (same output
+    name: an invalid graph) are merged; (1) a value that is fp32 and read as fp32
     still goes through Cast(fp16) -> Cast(fp32) where the converter meets a kept-fp32 node at a kept-
     fp32 output (every next_state.memory.* would be rounded to fp16): such round trips are bypassed;
     (2) value_info keeps pre-conversion types: dropped and inferred again; (3) the I/O casts are
     appended after the nodes that read them: the graph is sorted topologically."""
     graph = half.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
-    producer = {o: n for n in graph.node for o in n.output}
 
     def cast_to(node) -> int | None:
         return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
 
+    unique, seen = [], {}
+    for node in graph.node:  # (0) older converters (onnxruntime <= 1.30) emit one identical Cast per reader
+        twin = seen.get(node.output[0]) if len(node.output) == 1 else None
+        if twin is not None and cast_to(node) is not None and cast_to(twin) == cast_to(node) \
+                and list(twin.input) == list(node.input):
+            continue
+        seen.update({o: node for o in node.output})
+        unique.append(node)
+    del graph.node[:]
+    graph.node.extend(unique)
+    producer = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
         inner = producer.get(node.input[0]) if node.input else None
         if cast_to(node) == onnx.TensorProto.FLOAT and inner is not None and cast_to(inner) == onnx.TensorProto.FLOAT16 \
