@@ -115,7 +115,9 @@ def test_target_all_builds_what_it_can_and_says_why_not(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "coremltools" else real(name, *a))
     targets, not_built = select_targets("all", None)
     assert targets == ("onnx", "tensorrt") and "coremltools is not installed" in not_built["coreml"]
-    targets, not_built = select_targets("all", "int8")
-    assert targets == ("tensorrt",) and "no int8 variant" in not_built["onnx"]
+    targets, not_built = select_targets("all", "int8")  # ONNX Runtime and TensorRT int8 (issue 9)
+    assert targets == ("onnx", "tensorrt") and "coremltools is not installed" in not_built["coreml"]
+    targets, not_built = select_targets("all", "palette6")  # Core ML weight compression only
+    assert targets == () and "no palette6 variant" in not_built["onnx"]
     with pytest.raises(NeatError, match="cannot build target 'coreml' here"):
         select_targets("coreml", None)

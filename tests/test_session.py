@@ -99,3 +99,31 @@ def test_non_utf8_and_empty_inputs(bundle_dir):
 def test_unknown_backend(bundle_dir):
     with pytest.raises(NeatError, match="unknown backend 'tensorflow'"):
         open_session(bundle_dir, "tensorflow")
+
+
+def test_torch_backend_feeds_fresh_strides(bundle_dir, corpus):
+    """State outputs that are views come back with odd size-1 strides; the module must always see the
+    strides of a fresh array (torch.compile guards on them: otherwise a second compilation)."""
+    from neat_edge.runtimes.torch import canonical
+
+    import torch
+
+    class Recording(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            seen.append([(t.shape, t.stride()) for t in args])
+            return self.inner(*args)
+
+    s = open_session(bundle_dir, "torch")
+    seen = []
+    s.backend.module = Recording(s.backend.module)
+    s.score(corpus[:400])
+    assert len(seen) >= 3
+    for shapes in seen:
+        for shape, stride in shapes:
+            assert stride == torch.empty(shape).stride()
+    view = np.zeros((1, 40), np.float32)[:, 8:]
+    assert view.strides == (160, 4) and canonical(view).strides == (128, 4)

@@ -21,8 +21,20 @@ class _TorchGraph:
     @torch.no_grad()
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         device = next(self.module.parameters()).device  # the module's own device (cpu or cuda)
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(device) for n in self.spec.input_names]
+        args = [torch.from_numpy(canonical(feeds[n])).to(device) for n in self.spec.input_names]
         return {n: t.cpu().numpy() for n, t in zip(self.spec.output_names, self.module(*args))}
+
+
+def canonical(a: np.ndarray) -> np.ndarray:
+    """`a` with the strides of a fresh C-order array. A state output that is a view (a [1, W] slice) is
+    "contiguous" to numpy and torch alike whatever its size-1 dimension's stride says, but torch.compile
+    guards on that stride: fed back as the next step's input it forced a second compilation."""
+    a = np.ascontiguousarray(a)
+    strides, step = [], a.itemsize
+    for size in reversed(a.shape):
+        strides.append(step)
+        step *= size
+    return a if a.strides == tuple(reversed(strides)) else a.copy()
 
 
 def place(model: torch.nn.Module, device: str | None, backend) -> torch.nn.Module:

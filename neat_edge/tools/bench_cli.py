@@ -1,4 +1,13 @@
-"""`neat-bench`: latency and throughput of a bundle on each backend, measured the same way."""
+"""`neat-bench`: size, latency, throughput, memory and bits/byte of a model per backend × precision,
+measured the same way for all (tools/bench_runner.py); `neat-bench memory`: the Titans memory layer.
+
+    neat-bench BUNDLE_OR_CHECKPOINT [--backends …] [--precisions …] [--segment-len …] [--batch …]
+               [--runs N] [--warmup N] [--data FILE] [--json OUT] [--plot OUT.png]
+
+Precisions other than the bundle's own are exported into a cache (tools/bench_bundles.py). The
+PyTorch backends run the fp32 checkpoint (`torch`, `torch:cuda`; `:compile` = torch.compile,
+`:cudagraphs` = torch.compile mode="reduce-overhead"); ONNX Runtime runs the graph of each precision.
+"""
 
 from __future__ import annotations
 
@@ -13,22 +22,13 @@ from neat_edge.errors import NeatError
 from neat_edge.fileio import atomic_write_json
 from neat_edge.tools.common import console, run_app
 
-
-def _artifact_mb(bundle, backend: str) -> float:
-    if backend.startswith("onnxruntime"):
-        path, _ = bundle.graph("onnx")
-        return path.stat().st_size / 1e6
-    return sum(p.stat().st_size for p in bundle.checkpoint_dir.iterdir()) / 1e6
-
-
 DISPATCH_PROMPT_BYTES, DISPATCH_GENERATE_BYTES = 256, 512
+GENERATE_BYTES = 512
 
 
 def bench_dispatch(session, prompt: bytes, gen_bytes: int) -> dict:
     """Transformer² two-pass cost: classifier dispatch (pass 1 over the prompt + mixing z) as a share
     of the end-to-end time of dispatch + generating `gen_bytes` bytes after the prompt."""
-    from neat_edge.errors import NeatError
-
     session.reset()
     t0 = time.perf_counter()
     try:
@@ -43,84 +43,149 @@ def bench_dispatch(session, prompt: bytes, gen_bytes: int) -> dict:
             "prompt_bytes": len(prompt), "generated_bytes": gen_bytes, "weights": chosen.weights}
 
 
-def bench_backend(bundle_dir: Path, backend: str, data: bytes, runs: int, warmup: int, gen_bytes: int,
-                  dispatch_gen_bytes: int = DISPATCH_GENERATE_BYTES) -> dict:
-    from neat_edge.export.bundle import open_bundle
-    from neat_edge.export.verify import bits_per_byte
-    from neat_edge.runtimes import open_session
+def _combinations(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
+    """backend × precision; PyTorch runs the fp32 checkpoint only (a reduced-precision torch row would
+    measure something no bundle ships)."""
+    from neat_edge.tools.bench_runner import parse_bench_backend
 
-    session = open_session(bundle_dir, backend=backend)
-    seg = data[: session.config.segment_len]
-    t0 = time.perf_counter()
-    session.score(seg)
-    first_ms = (time.perf_counter() - t0) * 1e3
-    for _ in range(warmup):
-        session.run_segment(seg)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run_segment(seg)
-        times.append((time.perf_counter() - t0) * 1e3)
-    session.reset()
-    t0 = time.perf_counter()
-    logp = session.score(data)
-    score_s = time.perf_counter() - t0
-    session.reset()
-    t0 = time.perf_counter()
-    session.generate(b"", gen_bytes)
-    gen_s = time.perf_counter() - t0
-    p50, p90, p99 = np.percentile(times, [50, 90, 99])
-    dispatch = bench_dispatch(session, data[:DISPATCH_PROMPT_BYTES], dispatch_gen_bytes) if dispatch_gen_bytes \
-        else {"share": None, "skipped": "--dispatch-generate-bytes 0"}
-    return {"backend": backend, "precision": "fp32", "size_mb": round(_artifact_mb(open_bundle(bundle_dir), backend), 3),
-            "dispatch_overhead": dispatch["share"], "dispatch": dispatch,
-            "first_call_ms": round(first_ms, 3),
-            "step_latency_ms": {"p50": float(p50), "p90": float(p90), "p99": float(p99)},
-            "score_bytes_per_s": len(data) / score_s, "generate_bytes_per_s": gen_bytes / gen_s,
-            "bits_per_byte": bits_per_byte(logp)}
+    pairs = []
+    for b in backends:
+        kind = parse_bench_backend(b)[0].partition(":")[0]
+        if kind == "torch":
+            pairs.append((b, "fp32"))
+        else:
+            pairs += [(b, p) for p in precisions]
+    return pairs
+
+
+def _split(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise NeatError(f"{what} is empty")
+    return items
+
+
+def _check_backends(names: list[str]) -> None:
+    from neat_edge.runtimes.select import parse_backend
+    from neat_edge.tools.bench_runner import parse_bench_backend
+
+    for name in names:
+        parse_backend(parse_bench_backend(name)[0])  # one-line error on an unknown name
+
+
+def _table(results: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("backend", "precision", "size MB", "first call ms", "step p50 ms", "p90", "p99",
+                "score B/s", "generate B/s", "peak MB", "bits/byte", "dispatch %"):
+        table.add_column(col, justify="right")
+    for r in results:
+        if "error" in r:
+            table.add_row(r["backend"], r["precision"], *["-"] * 9, f"[red]{r['error'][:40]}[/red]")
+            continue
+        lat = r["step_latency_ms"]
+        share = r.get("dispatch_overhead")
+        table.add_row(r["backend"], r["precision"], f"{r['size_mb']:.1f}", f"{r['first_call_ms']:.1f}",
+                      f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}",
+                      f"{r['score_bytes_per_s']:.0f}", f"{r['generate_bytes_per_s']:.0f}", f"{r['peak_memory_mb']:.1f}",
+                      f"{r['bits_per_byte']:.4f}", "-" if share is None else f"{100 * share:.2f}")
+    return table
 
 
 def bench_command(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
-    backends: str = typer.Option("torch,onnxruntime", "--backends", help="Comma-separated backends."),
-    corpus: Path | None = typer.Option(None, "--corpus", help="Text to score (default: CPython's LICENSE.txt)."),
-    segments: int = typer.Option(32, "--segments", min=1, help="Segments of the corpus to score."),
+    bundle: str = typer.Argument(..., help="Bundle directory, checkpoint directory, preset name or 'default'."),
+    backends: str = typer.Option("torch,onnxruntime", "--backends",
+                                 help="Comma-separated: torch, torch:cuda, torch[:cuda]:compile, torch[:cuda]:cudagraphs, "
+                                      "onnxruntime[:cuda], coreml, tensorrt."),
+    precisions: str | None = typer.Option(None, "--precisions",
+                                          help="Comma-separated fp32, fp16, int8 (ONNX graphs; default: the bundle's own, "
+                                               "else fp32). Missing ones are exported into --cache."),
+    segment_len: int | None = typer.Option(None, "--segment-len", min=1,
+                                           help="Bytes per timed step (≤ the model's segment; default: the model's)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Streams per timed step (step latency)."),
+    data: Path | None = typer.Option(None, "--data", "--corpus", help="Text to score for bits/byte and throughput "
+                                                                      "(default: CPython's LICENSE.txt)."),
+    segments: int = typer.Option(32, "--segments", min=1, help="Segments of --data to score."),
     runs: int = typer.Option(50, "--runs", min=1, help="Timed step runs."),
     warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed warm-up steps."),
-    generate_bytes: int = typer.Option(128, "--generate-bytes", min=1, help="Bytes to generate for the generation rate."),
+    generate_bytes: int = typer.Option(GENERATE_BYTES, "--generate-bytes", min=1,
+                                       help="Bytes generated for the generation rate."),
     dispatch_generate_bytes: int = typer.Option(
         DISPATCH_GENERATE_BYTES, "--dispatch-generate-bytes", min=0,
         help="dispatch_overhead: classifier dispatch on a 256-byte prompt as a share of it plus generating "
              "this many bytes (0 = skip)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for PyTorch and ONNX Runtime alike."),
+    cache: Path | None = typer.Option(None, "--cache", help="Where bundles of other precisions are exported "
+                                                           "(default ~/.cache/neat-edge/bench)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write results as JSON here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG plot here (matplotlib)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
-    """Benchmark a bundle: size, first call, step latency p50/p90/p99, scoring and generation rates."""
+    """Benchmark backends × precisions: size, first call, step p50/p90/p99, scoring and generation
+    bytes/s, peak memory, bits/byte."""
     from neat_edge.export.bundle import open_bundle
     from neat_edge.export.verify import read_corpus
+    from neat_edge.tools.bench_bundles import ONNX_PRECISIONS, BundleResolver
+    from neat_edge.tools.bench_runner import BenchCase, parse_bench_backend, time_interleaved
 
-    names = [b.strip() for b in backends.split(",") if b.strip()]
-    if not names:
-        raise NeatError("--backends is empty")
-    cfg = open_bundle(bundle).config
-    data, _ = read_corpus(corpus, segments, cfg.segment_len)
-    results = []
-    for name in names:
-        with console.status(f"benchmarking {name}..."):
-            results.append(bench_backend(bundle, name, data, runs, warmup, generate_bytes, dispatch_generate_bytes))
-    table = Table(title=f"neat-bench — {bundle} (segment {cfg.segment_len} bytes)")
-    for col in ("backend", "precision", "size MB", "first call ms", "step p50 ms", "p90", "p99",
-                "score B/s", "generate B/s", "bits/byte", "dispatch %"):
-        table.add_column(col, justify="right")
-    for r in results:
-        lat = r["step_latency_ms"]
-        table.add_row(r["backend"], r["precision"], f"{r['size_mb']:.1f}", f"{r['first_call_ms']:.1f}",
-                      f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}",
-                      f"{r['score_bytes_per_s']:.0f}", f"{r['generate_bytes_per_s']:.0f}", f"{r['bits_per_byte']:.4f}",
-                      "-" if r["dispatch_overhead"] is None else f"{100 * r['dispatch_overhead']:.2f}")
-    console.print(table)
+    names = _split(backends, "--backends")
+    _check_backends(names)
+    resolver = BundleResolver(bundle, cache, log=console.print)
+    wanted = _split(precisions, "--precisions") if precisions else [resolver.given_precision() or "fp32"]
+    for p in wanted:
+        if p not in ONNX_PRECISIONS:
+            raise NeatError(f"unknown precision '{p}' (choose from {', '.join(ONNX_PRECISIONS)})")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise NeatError(f"--plot writes a PNG: give a .png path, not {plot}")
+    if plot is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise NeatError("--plot needs matplotlib (pip install matplotlib)")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    cases, results, cfg = [], [], None
+    for name, precision in _combinations(names, wanted):
+        needs_graph = parse_bench_backend(name)[0].partition(":")[0] != "torch"
+        with console.status(f"preparing {precision} bundle..."):
+            path = resolver.bundle_for(precision, needs_graph)
+        cfg = open_bundle(path).config
+        seg_len = segment_len or cfg.segment_len
+        if seg_len > cfg.segment_len:
+            raise NeatError(f"--segment-len {seg_len} is longer than the model's segment ({cfg.segment_len} bytes)")
+        text, _ = read_corpus(data, segments, cfg.segment_len)
+        if len(text) < seg_len:
+            raise NeatError(f"--data holds {len(text)} bytes, fewer than one {seg_len}-byte segment")
+        with console.status(f"opening {name} {precision}..."):
+            try:
+                cases.append(BenchCase(path, name, precision, text, batch, threads, seg_len))
+            except NeatError as exc:  # one backend that cannot run here does not end the table
+                if len(names) == 1 and len(wanted) == 1:
+                    raise
+                results.append({"backend": name, "precision": precision, "error": str(exc)})
+    with console.status(f"timing {runs} steps of {len(cases)} backends, interleaved..."):
+        time_interleaved([c.timer for c in cases], runs, warmup)
+    for case in cases:
+        def dispatch(session, text=case.data):
+            if not dispatch_generate_bytes:
+                return {"dispatch_overhead": None, "dispatch": {"share": None, "skipped": "--dispatch-generate-bytes 0"}}
+            d = bench_dispatch(session, text[:DISPATCH_PROMPT_BYTES], dispatch_generate_bytes)
+            return {"dispatch_overhead": d["share"], "dispatch": d}
+
+        with console.status(f"scoring and generating with {case.backend} {case.precision}..."):
+            results.append(case.finish(generate_bytes, dispatch))
+    console.print(_table(results, f"neat-bench — {bundle} ({cfg.name}, segment {segment_len or cfg.segment_len} bytes, "
+                                  f"batch {batch}{f', {threads} threads' if threads else ''})"))
+    report = {"results": results, "source": bundle, "model": cfg.name, "segment_len": segment_len or cfg.segment_len,
+              "batch": batch, "threads": threads}
     if json_out:
-        atomic_write_json(json_out, {"results": results})
+        atomic_write_json(json_out, report)
+    if plot:
+        from neat_edge.tools.bench_plot import plot_results
+
+        plot_results(results, plot, f"neat-bench — {cfg.name}")
+        console.print(f"plot written: {plot}")
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

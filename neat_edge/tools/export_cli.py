@@ -14,7 +14,14 @@ def export_command(
     out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
     target: str = typer.Option("onnx", "--target", help="onnx, coreml, tensorrt, or all (every target buildable here)."),
     precision: str | None = typer.Option(
-        None, "--precision", help="fp32 | fp16 | int8 (tensorrt); default: onnx fp32, coreml and tensorrt fp16."),
+        None, "--precision", help="fp32 | fp16 | int8 (onnx, tensorrt; calibrated) | coreml weight compression int8, "
+                                  "palette4/6/8; default: onnx fp32, coreml and tensorrt fp16."),
+    calibration: list[Path] | None = typer.Option(
+        None, "--calibration", help="int8: byte files (or directories) to calibrate on, each one stream: "
+                                    "--calibration FILES... (default: CPython sources)."),
+    calibration_method: str = typer.Option("minmax", "--calibration-method", help="int8: minmax | percentile | entropy."),
+    calibration_segments: int = typer.Option(64, "--calibration-segments", min=1,
+                                             help="int8: most segments calibrated on (16 per file)."),
     stateful: bool = typer.Option(False, "--stateful", help="coreml: keep the float state as Core ML states (iOS 18)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint directory to export."),
     preset_name: str | None = typer.Option(None, "--preset", help="Export a preset's seeded init instead."),
@@ -31,6 +38,10 @@ def export_command(
     if checkpoint and preset_name:
         raise NeatError("give either --checkpoint or --preset, not both")
     targets, not_built = select_targets(target, precision)
+    if not targets:
+        raise NeatError(f"no target can be built here in {precision}: "
+                        + "; ".join(f"{t}: {why}" for t, why in not_built.items()))
+    plan = calibration_plan(precision, calibration, calibration_method, calibration_segments, corpus)
     if stateful and "coreml" not in targets:
         raise NeatError("--stateful applies to the coreml target only")
     source = str(checkpoint) if checkpoint else (preset_name or "default")
@@ -39,7 +50,7 @@ def export_command(
     with console.status("exporting and verifying..."):
         manifest = export_bundle(model, out, targets, verify=verify, corpus=corpus, segments=segments,
                                  tolerance=tolerance, log=console.print, patching=patching_for(source, model),
-                                 precision=precision, stateful=stateful)
+                                 precision=precision, stateful=stateful, calibration=plan)
     parity = manifest.get("parity")
     if parity:
         for name, r in parity["backends"].items():
@@ -48,8 +59,29 @@ def export_command(
                           f"bits/byte {r['bits_per_byte']:.4f} (Δ {r['bits_per_byte_delta']:+.2e})")
         for name, why in parity.get("skipped", {}).items():
             console.print(f"parity {name}: not run here — {why}")
+    for stem, report in manifest.get("calibration", {}).get("graphs", {}).items():
+        acc = report["accuracy"]
+        console.print(f"int8 {stem}: {report['quantized_matmuls']} MatMuls int8 on {report['calibration_samples']} "
+                      f"calibration segments; bits/byte {acc['bits_per_byte']:.4f} vs fp32 {acc['bits_per_byte_fp32']:.4f} "
+                      f"(Δ {acc['bits_per_byte_delta']:+.4f}) on {acc['corpus']}")
     console.print(f"[green]bundle written:[/green] {out}")
     report_targets(manifest, out, target, not_built)
+
+
+def calibration_plan(precision, files, method: str, segments: int, corpus):
+    """The CalibrationPlan of an int8 export (None otherwise); --calibration needs --precision int8."""
+    if precision != "int8":
+        if files:
+            raise NeatError("--calibration applies to --precision int8 only")
+        return None
+    from neat_edge.calibration import CalibrationPlan, Int8Options
+    from neat_edge.calibration.reader import read_calibration_files
+
+    plan = CalibrationPlan(options=Int8Options(method=method), max_segments=segments, corpus=corpus)
+    if files:
+        read_calibration_files(files)  # a missing or empty file is a one-line error now, not after the export
+        plan.files = list(files)
+    return plan
 
 
 def select_targets(target: str, precision: str | None):
@@ -114,5 +146,26 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command()(export_command)
 
 
+def spread_calibration_files(argv: list[str]) -> list[str]:
+    """`--calibration a b c` (FILES..., e.g. a shell glob) -> `--calibration a --calibration b ...`,
+    the repeated form typer parses; values end at the next option."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == "--calibration":
+            i += 1
+            values = []
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            out += [v for value in values for v in ("--calibration", value)][1:] if values else []
+            continue
+        i += 1
+    return out
+
+
 def main() -> None:
+    import sys
+
+    sys.argv = [sys.argv[0], *spread_calibration_files(sys.argv[1:])]
     run_app(app)

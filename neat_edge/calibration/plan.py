@@ -1,0 +1,137 @@
+"""CalibrationPlan: what an int8 export is calibrated on and how its accuracy is measured, and
+quantize_graph: a GraphSource -> Q/DQ int8 ONNX + accuracy report (used by the ONNX int8 target and,
+through export/quantize.py, by the TensorRT int8 target).
+
+The accuracy delta is measured the way users will see it: the fp32 ONNX graph and the int8 graph
+each score the same held-out stream through a Session (state carried, each graph feeding its own
+next_state back), and the difference of their bits/byte is recorded in the bundle's manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sysconfig
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from neat_edge.calibration.int8 import Int8Options, quantize_static_qdq
+from neat_edge.calibration.reader import MAX_SEGMENTS, SEGMENTS_PER_FILE, StreamCalibrationReader
+from neat_edge.errors import NeatError
+from neat_edge.export.verify import bits_per_byte, read_corpus
+
+ACCURACY_SEGMENTS = 40  # as the parity check: 5 KiB of the held-out corpus for the tiny model
+_ACTIVE: contextvars.ContextVar[CalibrationPlan | None] = contextvars.ContextVar("neat_calibration_plan", default=None)
+
+
+def default_calibration_files() -> list[Path]:
+    """Without --calibration: real code and prose that every Python install has (CPython sources and
+    its pydoc topics), never the parity corpus (LICENSE.txt) on which the accuracy delta is measured."""
+    std = Path(sysconfig.get_paths()["stdlib"])
+    found = [p for p in (Path(textwrap.__file__), std / "argparse.py", std / "difflib.py", std / "pydoc_data" / "topics.py")
+             if p.is_file()]
+    return found or [Path(textwrap.__file__)]
+
+
+@dataclass
+class CalibrationPlan:
+    files: Sequence[str | Path] = field(default_factory=default_calibration_files)
+    options: Int8Options = field(default_factory=Int8Options)
+    segments_per_file: int = SEGMENTS_PER_FILE
+    max_segments: int = MAX_SEGMENTS
+    corpus: str | Path | None = None  # held-out text for the accuracy delta (default: the parity corpus)
+    accuracy_segments: int = ACCURACY_SEGMENTS
+    session_factory: Callable | None = None  # -> fp32 Session over the model (set by export_bundle)
+    reports: dict[str, dict] = field(default_factory=dict)  # graph stem -> calibration report
+
+    def settings(self) -> dict:
+        return {"files": [str(f) for f in self.files], "segments_per_file": self.segments_per_file,
+                "max_segments": self.max_segments, **self.options.to_dict()}
+
+    def manifest_entry(self) -> dict:
+        """The bundle manifest's `calibration`: settings and, per int8 graph, its report (accuracy)."""
+        return {**self.settings(), "graphs": self.reports}
+
+
+def active_plan() -> CalibrationPlan | None:
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def calibrating(plan: CalibrationPlan):
+    """Make `plan` the one every int8 graph built inside this block uses (targets are built through a
+    fixed interface, GraphSource -> artifact, so the export's calibration settings travel here)."""
+    token = _ACTIVE.set(plan)
+    try:
+        yield plan
+    finally:
+        _ACTIVE.reset(token)
+
+
+def graph_bits_per_byte(session_factory: Callable, graph_path: Path, spec, data: bytes) -> float:
+    """bits/byte of `data` scored through a Session running the ONNX graph at graph_path (one thread)."""
+    from neat_edge.runtimes.onnxruntime import OnnxRuntimeBackend
+
+    session = session_factory()
+    session.backend = OnnxRuntimeBackend(graph_path, spec, threads=1)
+    return bits_per_byte(session.score(data))
+
+
+def _fp32_onnx(source, path: Path) -> None:
+    """The fp32 graph with full node metadata (strict export: memory nodes are findable)."""
+    import warnings
+
+    import torch
+
+    from neat_edge.export.onnx import OPSET
+    from neat_edge.export.precision import strict_program
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(strict_program(source), source.args, dynamo=True, opset_version=OPSET,
+                                    input_names=source.spec.input_names, output_names=source.spec.output_names,
+                                    optimize=True, verbose=False)
+    onnx.save(program.model_proto, str(path))
+
+
+def quantize_graph(source, work: Path, plan: CalibrationPlan) -> tuple[onnx.ModelProto, dict]:
+    """GraphSource -> (Q/DQ int8 ONNX, report with the node plan and the bits/byte delta vs fp32)."""
+    import logging
+
+    from neat_edge.export.precision import require_memory_ops
+
+    if plan.session_factory is None:
+        raise NeatError(f"int8 needs calibration data for graph '{source.spec.name}' (no session to run it)")
+    work = Path(work)
+    fp32_path, int8_path = work / "fp32.onnx", work / "int8.onnx"
+    t0 = time.time()
+    _fp32_onnx(source, fp32_path)
+    reader = StreamCalibrationReader(plan.session_factory, plan.files, plan.segments_per_file, plan.max_segments,
+                                     input_names=source.spec.input_names)
+    samples = len(reader.all_feeds())
+    root = logging.getLogger()  # quantize_static logs "consider pre-processing" warnings on the root logger
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        nodes = quantize_static_qdq(fp32_path, int8_path, reader, plan.options)
+    finally:
+        root.setLevel(level)
+    require_memory_ops(len(nodes.memory), source.spec, "ONNX graph")
+    data, corpus = read_corpus(plan.corpus, plan.accuracy_segments, _segment_len(source))
+    fp32_bpb = graph_bits_per_byte(plan.session_factory, fp32_path, source.spec, data)
+    int8_bpb = graph_bits_per_byte(plan.session_factory, int8_path, source.spec, data)
+    report = {**nodes.summary(), "calibration_samples": samples, "seconds": round(time.time() - t0, 1),
+              "accuracy": {"corpus": corpus, "bytes": len(data), "bits_per_byte_fp32": fp32_bpb,
+                           "bits_per_byte": int8_bpb, "bits_per_byte_delta": int8_bpb - fp32_bpb}}
+    plan.reports[source.stem] = report
+    return onnx.load(str(int8_path)), report
+
+
+def _segment_len(source) -> int:
+    bytes_input = next(t for t in source.spec.inputs if t.name == "bytes")
+    return int(source.args[source.spec.inputs.index(bytes_input)].shape[1])
