@@ -75,6 +75,7 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
         save_patching(out_dir / CHECKPOINT_DIR, entropy_model, patcher)
         patching_entry = {"kind": "entropy", **asdict(patcher), "entropy_context_len": entropy_model.cfg.context_len,
                           "graphs": entropy_graphs}
+    images_entry = _write_image_decoder(model, targets, out_dir, on_target)
     from neat_edge.experts import write_bundle_experts
 
     library = write_bundle_experts(model, out_dir)
@@ -86,8 +87,29 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
         "parameters": count_parameters(model), "svf_rank": model.svf_rank,
         "graphs": graphs, "initial_state": INITIAL_STATE, "checkpoint": CHECKPOINT_DIR,
         "files": {str(p.relative_to(out_dir)): sha256_file(p) for p in files},
-        "tools": tool_versions(), "parity": None, "patching": patching_entry,
+        "tools": tool_versions(), "parity": None, "patching": patching_entry, "images": images_entry,
     }
+
+
+def _write_image_decoder(model: NeatModel, targets, out_dir: Path, on_target=None) -> dict | None:
+    """MVoT: the image tokenizer's decoder as its own graph, built by every target like the step graph,
+    and the tokenizer's weights beside the checkpoint (None when the model has no image tokenizer)."""
+    from neat_edge.model.vq import image_decoder_source, image_size, save_tokenizer, tokenizer_for
+
+    tok = tokenizer_for(model)
+    if tok is None:
+        return None
+    graphs = {}
+    for target in targets:
+        source = image_decoder_source(tok)
+        entry = target.build_graph(source, out_dir)
+        graphs[target.name] = {**entry, **source.spec.to_dict()}
+        if on_target:
+            on_target(f"{target.name} (image decoder)", out_dir / entry["file"])
+    save_tokenizer(tok, out_dir / CHECKPOINT_DIR)
+    cfg = model.cfg
+    return {"grid": cfg.image_grid, "codebook_size": cfg.image_codebook_size, "image_size": image_size(cfg),
+            "graphs": graphs}
 
 
 def staging_dir(out: Path) -> Path:

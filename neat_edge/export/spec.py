@@ -107,3 +107,13 @@ def entropy_spec(model) -> GraphSpec:
                TensorSpec("entropy", "float32", ("batch", "segment"), "entropy (nats) of the next-byte distribution"),
                TensorSpec(STATE_OUT + "byte_context", "int64", ("batch", w), ctx))
     return GraphSpec("entropy", inputs, outputs, ((STATE_IN + "byte_context", STATE_OUT + "byte_context"),))
+
+
+def image_decoder_spec(cfg) -> GraphSpec:
+    """MVoT: the VQ tokenizer's decoder as its own stateless graph (codes -> pixels)."""
+    from neat_edge.model.vq import image_size
+
+    g, size = cfg.image_grid, image_size(cfg)
+    return GraphSpec("image_decoder",
+                     (TensorSpec("image_codes", "int64", ("batch", g, g), "VQ codes of one image, row-major grid"),),
+                     (TensorSpec("pixels", "float32", ("batch", size, size, 3), "RGB in [0, 1], channel-last"),))

@@ -23,7 +23,7 @@ from torch import nn
 from neat_edge.config import BOS, NeatConfig
 from neat_edge.model.blt import LocalDecoder, LocalEncoder
 from neat_edge.model.latent import LatentTransformer
-from neat_edge.model.mvot import ImageHead
+from neat_edge.model.mvot import ImageHead, StreamEmbedding
 from neat_edge.model.svf import assign_svf_offsets, svf_layers
 
 
@@ -38,7 +38,18 @@ class NeatModel(nn.Module):
         self.byte_head = nn.Linear(cfg.d_local, cfg.vocab_size)
         self.image_head = ImageHead(cfg.d_local, cfg.image_codebook_size)
         self.dispatch_head = nn.Linear(cfg.d_model, cfg.n_experts)
+        # MVoT: image tokens (IMAGE_BASE + code) enter the stream embedded from the VQ codebook.
+        self.encoder.embed = StreamEmbedding.from_embedding(self.encoder.embed, cfg)
         assign_svf_offsets(self)
+
+    @torch.no_grad()
+    def set_image_codebook(self, codebook: torch.Tensor) -> None:
+        """Copy the image tokenizer's codebook [K, D] in (model/vq.py): the embedding of image tokens."""
+        self.encoder.embed.image_codebook.copy_(codebook)
+
+    @property
+    def image_codebook(self) -> torch.Tensor:
+        return self.encoder.embed.image_codebook
 
     # --- state -----------------------------------------------------------------------------------
     @property

@@ -25,6 +25,9 @@ def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=Non
     from neat_edge.experts import library_for_bundle
 
     session.experts = library_for_bundle(bundle)  # experts/ is read now: a file copied in is found
+    from neat_edge.runtimes.images import image_decoder_backend
+
+    session.image_decoder = image_decoder_backend(bundle, kind, device, graph)  # MVoT: codes -> pixels
     return session
 
 
@@ -65,6 +68,11 @@ def open_model_session(model, svf_z=None, patching=None, experts_dir=None) -> Se
     from neat_edge.experts import library_for_model
 
     session.experts = library_for_model(model, experts_dir)
+    from neat_edge.model.vq import tokenizer_for
+    from neat_edge.runtimes.images import TorchImageDecoder
+
+    tok = tokenizer_for(model)
+    session.image_decoder = TorchImageDecoder(tok) if tok is not None else None
     return session
 
 

@@ -25,6 +25,21 @@ from neat_edge.runtimes.patches import FixedPatches
 STATE_FORMAT = "neat-session-state/1"
 
 
+def as_tokens(data) -> np.ndarray:
+    """A stream piece as int64 tokens: bytes are bytes 0..255; an int array may also hold specials
+    (BOS, BOI, ...) and MVoT image tokens (IMAGE_BASE + code)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(bytes(data), np.uint8).astype(np.int64)
+    return np.asarray(data, np.int64).reshape(-1)
+
+
+def join_stream(a, b):
+    """a + b: bytes while both are bytes, otherwise an int64 token array."""
+    if isinstance(a, (bytes, bytearray)) and isinstance(b, (bytes, bytearray)):
+        return bytes(a) + bytes(b)
+    return np.concatenate([as_tokens(a), as_tokens(b)])
+
+
 def model_id(config: NeatConfig, initial_state: dict[str, np.ndarray]) -> str:
     """Identity of a model for saved states: its architecture and its learned initial state."""
     digest = hashlib.sha256(config.to_json().encode())
@@ -45,6 +60,7 @@ class Session:
         rank = next(t.shape[0] for t in backend.spec.inputs if t.name == "svf_z")
         self.svf_z = np.ones(rank, np.float32) if svf_z is None else np.asarray(svf_z, np.float32)
         self.experts = None  # ExpertLibrary (neat_edge.experts), set by open_session / open_model_session
+        self.image_decoder = None  # MVoT image-decoder Backend (codes -> pixels), set by the openers
         self.reset()
 
     # --- stream state ----------------------------------------------------------------------------
@@ -72,7 +88,7 @@ class Session:
         state, patches used). No side effects."""
         state = self.state if state is None else state
         ids, mask, patch_state = self.patches(segment, self.patch_state if patch_state is None else patch_state)
-        feeds = {"bytes": np.frombuffer(segment, np.uint8).astype(np.int64)[None],
+        feeds = {"bytes": as_tokens(segment)[None],
                  "patch_ids": ids[None], "patch_mask": mask[None], "svf_z": self.svf_z if svf_z is None else svf_z}
         feeds.update({STATE_IN + k: v for k, v in state.items()})
         out = self.backend.step(feeds)
@@ -110,13 +126,13 @@ class Session:
     def _advance(self, data: bytes, keep_rows: bool = False):
         """Consume `data`; return log p of each byte (and full log-prob rows if keep_rows)."""
         seg_len = self.config.segment_len
-        buf = self._pending + bytes(data)
+        buf = join_stream(self._pending, bytes(data))
         scored = len(self._pending)  # bytes of buf already returned by an earlier call
         chosen, rows = [], []
 
         def collect(out, seg, lo):
             lp = out["byte_logprobs"][0]
-            idx = np.frombuffer(seg, np.uint8).astype(np.int64)
+            idx = as_tokens(seg)
             chosen.append(lp[np.arange(lo, len(seg)), idx[lo:]])
             if keep_rows:
                 rows.append(lp[lo:])
@@ -147,14 +163,25 @@ class Session:
 
     def next_byte_logprobs(self) -> np.ndarray:
         """Log-probs [vocab] of the next byte of the stream (does not advance it)."""
-        probe = self._pending + b"\0"  # the probe byte is never seen: position len(pending) is causal
+        return self.next_outputs()["byte_logprobs"]
+
+    def next_outputs(self) -> dict[str, np.ndarray]:
+        """Every per-position output for the next position of the stream (byte_logprobs [vocab],
+        image_logits [codebook]); does not advance it."""
+        probe = join_stream(self._pending, b"\0")  # the probe is never seen: position len(pending) is causal
         out = self.run_segment(probe)[0]
-        return out["byte_logprobs"][0, len(self._pending)]
+        return {k: out[k][0, len(self._pending)] for k in ("byte_logprobs", "image_logits")}
 
     # --- generation ------------------------------------------------------------------------------
     def generate(self, prompt: bytes, max_new_bytes: int, temperature: float = 0.0,
-                 seed: int | None = None) -> bytes:
-        """Consume `prompt`, then sample up to max_new_bytes bytes (greedy when temperature == 0)."""
+                 seed: int | None = None, allow_images: bool = False, max_images: int = 16):
+        """Consume `prompt`, then sample up to max_new_bytes bytes (greedy when temperature == 0).
+        allow_images=True (MVoT): the model may also open an image; returns the interleaved list of text
+        chunks (bytes) and images (uint8 arrays [H, W, 3]) instead (runtimes/images.py)."""
+        if allow_images:
+            from neat_edge.runtimes.images import generate_interleaved
+
+            return generate_interleaved(self, prompt, max_new_bytes, temperature, seed, max_images)[0]
         if max_new_bytes < 0:
             raise NeatError("max_new_bytes must be >= 0")
         if temperature < 0:
@@ -173,19 +200,25 @@ class Session:
             self._append_known(bytes([byte]))
         return bytes(produced)
 
-    def _append_known(self, data: bytes) -> None:
-        """Advance by bytes whose scores are not needed: only completed segments are run."""
-        self._pending += data
+    def _append_known(self, data) -> None:
+        """Advance by bytes (or tokens) whose scores are not needed: only completed segments are run."""
+        self._pending = join_stream(self._pending, data)
         self.position += len(data)
-        if len(self._pending) == self.config.segment_len:
-            self._commit_segment(self._pending)
-            self._pending = b""
+        seg_len = self.config.segment_len
+        while len(self._pending) >= seg_len:
+            self._commit_segment(self._pending[:seg_len])
+            self._pending = self._pending[seg_len:]
+        if not isinstance(self._pending, bytes) and (self._pending < 256).all():
+            self._pending = self._pending.astype(np.uint8).tobytes()  # only bytes left: back to bytes
 
     # --- persistence -----------------------------------------------------------------------------
     def save_state(self, path: str | Path) -> None:
         tensors = {STATE_IN + k: np.ascontiguousarray(v) for k, v in self.state.items()}
         tensors.update({"patcher." + k: np.ascontiguousarray(v) for k, v in self.patch_state.items()})
-        tensors["pending"] = np.frombuffer(self._pending + b"\0", np.uint8).copy()  # never empty
+        if isinstance(self._pending, bytes):
+            tensors["pending"] = np.frombuffer(self._pending + b"\0", np.uint8).copy()  # never empty
+        else:  # a partial segment holding image tokens (MVoT)
+            tensors["pending_tokens"] = np.append(self._pending, 0).astype(np.int64)
         meta = {"format": STATE_FORMAT, "model_id": self.model_id, "position": str(self.position),
                 "pending": str(len(self._pending)), "patches": str(self.committed_patches)}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
@@ -219,6 +252,8 @@ class Session:
         except (KeyError, ValueError):
             raise NeatError(f"state file {path} is corrupted: bad metadata") from None
         pending = tensors["pending"].tobytes()[:n_pending] if "pending" in tensors else None
+        if "pending_tokens" in tensors:
+            pending = tensors["pending_tokens"][:n_pending].astype(np.int64)
         if pending is None or len(pending) != n_pending or n_pending >= self.config.segment_len:
             raise NeatError(f"state file {path} is corrupted: bad pending bytes")
         self.state, self.patch_state, self._pending, self.position = state, patch_state, pending, position

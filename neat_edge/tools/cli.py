@@ -9,6 +9,7 @@ from neat_edge.tools.eval_cmd import eval_command
 from neat_edge.tools.experts_cmd import experts_command
 from neat_edge.tools.export_cli import export_command
 from neat_edge.tools.info_cmd import info_command
+from neat_edge.tools.mvot_cmd import mvot_eval_command
 from neat_edge.tools.parity_cmd import parity_command
 from neat_edge.tools.profile_cmd import profile_command
 from neat_edge.tools.run_cmd import run_command
@@ -31,6 +32,7 @@ app.command("parity")(parity_command)
 app.command("run")(run_command)
 app.command("info")(info_command)
 app.command("experts")(experts_command)
+app.command("mvot-eval")(mvot_eval_command)
 
 
 def main() -> None:

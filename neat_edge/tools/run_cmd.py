@@ -39,6 +39,9 @@ def run_command(
     dispatch_bytes: int = typer.Option(512, "--dispatch-bytes", min=0, help="Most prompt bytes pass 1 looks at."),
     verbose: bool = typer.Option(False, "--verbose", help="Print the chosen expert mixture (stderr)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write {dispatch, output, timing} as JSON here."),
+    images_dir: Path | None = typer.Option(None, "--images-dir", help="MVoT: let the model draw visual thoughts "
+                                           "and write them here as PNG files (thought_001.png, ...)."),
+    image_scale: int = typer.Option(4, "--image-scale", min=1, help="PNG pixels per decoded pixel (nearest)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Generate bytes after PROMPT and write them to stdout (two passes with --dispatch)."""
@@ -60,7 +63,14 @@ def run_command(
         with console.status(f"reading a {len(data) / 1e6:.1f} MB prompt..."):
             session.score(data)
         data = b""
-    out = session.generate(data, max_bytes, temperature=temperature, seed=seed)  # pass 2 with the adapted z
+    images = []
+    if images_dir is None:
+        out = session.generate(data, max_bytes, temperature=temperature, seed=seed)  # pass 2 with the adapted z
+    else:  # text chunks and visual thoughts; the text goes to stdout with a marker where each image was drawn
+        items = session.generate(data, max_bytes, temperature=temperature, seed=seed, allow_images=True)
+        images = write_images(images_dir, [x for x in items if not isinstance(x, bytes)], image_scale)
+        out = b"".join(x if isinstance(x, bytes) else f"[image {images[i]}]\n".encode()
+                       for i, x in enumerate_images(items))
     total = time.perf_counter() - start
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.write(b"\n")
@@ -71,5 +81,33 @@ def run_command(
         from neat_edge.fileio import atomic_write_json
 
         atomic_write_json(json_out, {"dispatch": chosen.to_json(), "output": out.decode("utf-8", errors="replace"),
-                                     "output_bytes": len(out), "backend": backend,
+                                     "output_bytes": len(out), "backend": backend, "images": [str(p) for p in images],
                                      "timing": {"dispatch_s": chosen.seconds, "total_s": total}})
+
+
+def enumerate_images(items):
+    """(index of the image among the images, item) for every item; text items get None."""
+    count = 0
+    for x in items:
+        if isinstance(x, bytes):
+            yield None, x
+        else:
+            yield count, x
+            count += 1
+
+
+def write_images(folder: Path, images, scale: int) -> list[Path]:
+    """Visual thoughts as PNG files, enlarged `scale` times (nearest neighbour, so cells stay sharp)."""
+    from PIL import Image
+
+    from neat_edge.fileio import atomic_write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, pixels in enumerate(images, 1):
+        img = Image.fromarray(pixels, "RGB")
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        path = folder / f"thought_{i:03d}.png"
+        atomic_write(path, lambda tmp, img=img: img.save(tmp, format="PNG"))
+        paths.append(path)
+    return paths

@@ -42,12 +42,24 @@ def train_command(
     expert: str | None = typer.Option(None, "--expert", help="Train a Transformer² expert NAME (z only) on --data "
                                       "for --base; writes OUT/NAME.safetensors (OUT = BASE/experts ships it)."),
     domain: str | None = typer.Option(None, "--domain", help="What the expert's data are (listed by `neat experts`)."),
-    base: Path | None = typer.Option(None, "--base", help="The trained checkpoint an expert adapts."),
+    base: Path | None = typer.Option(None, "--base", help="The trained checkpoint an expert adapts "
+                                      "(or --visual-task fine-tunes)."),
     objective: str = typer.Option("nll", "--objective", help="Expert objective: nll, or reinforce (Transformer² RL)."),
     kl_coef: float = typer.Option(0.1, "--kl-coef", min=0.0, help="KL penalty λ of the reinforce objective."),
     dispatch_head: bool = typer.Option(True, "--dispatch-head/--no-dispatch-head",
                                        help="After an expert lands in BASE/experts: retrain the dispatch head over "
                                        "all of them and measure routing (BASE/dispatch_log.json)."),
+    visual_task: bool = typer.Option(False, "--visual-task", help="MVoT: train (or fine-tune --base) on the text "
+                                     "data mixed with FrozenLake episodes interleaving text and grid images; also "
+                                     "trains the VQ image tokenizer (OUT/vq.safetensors)."),
+    mvot_lambda: float = typer.Option(1.0, "--mvot-lambda", min=0.0, help="λ of the token discrepancy loss L_D "
+                                      "(0: cross-entropy only)."),
+    visual_fraction: float = typer.Option(0.5, "--visual-fraction", min=0.0, max=1.0,
+                                          help="Share of each batch that is visual-task windows."),
+    visual_mode: str = typer.Option("mixed", "--visual-mode", help="Episodes: mixed, interleaved or text (no images)."),
+    visual_maps: int = typer.Option(2000, "--visual-maps", min=1, help="Training maps of the visual task."),
+    eval_episodes: int = typer.Option(24, "--eval-episodes", min=0,
+                                      help="Held-out visual episodes measured at the end (0: none)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Train a model (AdamW, cosine schedule, clipping, chained segments, resumable) and save a checkpoint."""
@@ -70,7 +82,17 @@ def train_command(
                         eval_every=eval_every, eval_bytes=eval_bytes, save_every=save_every, max_minutes=max_minutes,
                         entropy_checkpoint=str(entropy_checkpoint) if entropy_checkpoint else None)
     paths = [*data, *(more_data or [])]
-    if entropy_model:
+    if visual_task:
+        from neat_edge.training.mvot import VisualOptions, train_visual
+
+        vopts = VisualOptions(lam=mvot_lambda, fraction=visual_fraction, mode=visual_mode, maps=visual_maps,
+                              eval_episodes=eval_episodes)
+        if resume:
+            raise NeatError("--resume is not supported with --visual-task")
+        result = train_visual(cfg, paths, out, opts, vopts, base=base)
+        held = result["mvot"]["heldout"] or {}
+        console.print("MVoT held-out: " + "  ".join(f"{k}={v:.4f}" for k, v in held.items() if isinstance(v, float)))
+    elif entropy_model:
         from neat_edge.model.entropy import EntropyConfig
         from neat_edge.training.train import train_entropy
 

@@ -131,10 +131,14 @@ def _progress_columns(label: str):
 
 
 def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save_weights, resume: bool = False,
-        show_progress: bool = True, label: str = "train", patches: WindowPatches | None = None) -> dict:
+        show_progress: bool = True, label: str = "train", patches: WindowPatches | None = None,
+        loss_fn=None) -> dict:
     """The training loop shared by every byte model. `save_weights(model, out_dir)` writes the
     weights; the trainer state goes next to them at every save, so `resume=True` continues a run
-    (same batches, same schedule, same result as never stopping). Returns the run's measurements."""
+    (same batches, same schedule, same result as never stopping). Returns the run's measurements.
+    loss_fn (default chained_nll, same signature) is the summed loss of a batch of windows: MVoT's
+    L_CE + λ·L_D over mixed text/image windows is one (training/mvot.py)."""
+    loss_fn = loss_fn or chained_nll
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     model.to(opts.device).train()
@@ -176,8 +180,8 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
             tick = time.perf_counter()
             x = torch.from_numpy(corpus.sample(rng, opts.batch_size, window)).to(opts.device)
             with _autocast(opts.device, amp):
-                nll, _ = chained_nll(model, x, _fresh_state(model, opts.batch_size), opts.tbptt, patches,
-                                     opts.grad_checkpointing)
+                nll, _ = loss_fn(model, x, _fresh_state(model, opts.batch_size), opts.tbptt, patches,
+                                 opts.grad_checkpointing)
             loss = nll / x.numel()
             optim.zero_grad(set_to_none=True)
             loss.backward()
