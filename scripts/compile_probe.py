@@ -1,40 +1,55 @@
-"""Where torch.compile's time goes on the small step (device probe): compile at a full segment, then
-partial segments (generation), then steady-state latency. argv: mode (default|reduce-overhead) dynamic (none|true)."""
+"""Where torch.compile's time goes on the NEAT step: compile at a full segment, then partial segments (what
+generation feeds), then steady-state scoring and generation. Each line says how long that call took.
+
+    python scripts/compile_probe.py MODE DYNAMIC [PRESET DEVICE]
+      MODE      default | reduce-overhead (CUDA graphs) | eager (dynamo only: a quick check without a GPU)
+      DYNAMIC   none (automatic dynamic shapes, what neat-bench uses) | true (every axis symbolic)
+      PRESET    small (default) | tiny ...;  DEVICE cuda (default) | cpu
+
+Seeded weights: the timings are the point, not the predictions.
+"""
+
 import sys
 import time
 
 import torch
+from torch._dynamo.utils import counters
 
 from neat_edge.config import PRESETS
 from neat_edge.model.checkpoint import build
 from neat_edge.runtimes import open_model_session
 
-mode, dyn = sys.argv[1], {"none": None, "true": True}[sys.argv[2]]
-preset, device = (sys.argv[3:5] + ["small", "cuda"][len(sys.argv) - 3:])[:2]  # tiny cpu: a quick check here
-torch.manual_seed(0)
-model = build(PRESETS[preset]).eval()
-s = open_model_session(model)
-s.backend = type(s.backend)(model, device)
-kw = {"backend": "eager"} if mode == "eager" else {"mode": mode}  # eager: dynamo only
-s.backend.module = torch.compile(s.backend.module, dynamic=dyn, **kw)
-data = bytes(range(32, 127)) * 200
-t0 = time.time()
-sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+
+def main(mode: str, dynamic: str, preset: str = "small", device: str = "cuda") -> None:
+    torch.manual_seed(0)
+    model = build(PRESETS[preset]).eval()
+    session = open_model_session(model)
+    session.backend = type(session.backend)(model, device)
+    options = {"backend": "eager"} if mode == "eager" else {"mode": mode}
+    session.backend.module = torch.compile(session.backend.module, dynamic={"none": None, "true": True}[dynamic],
+                                           **options)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    data, seg, start = bytes(range(32, 127)) * 200, session.config.segment_len, time.time()
+
+    def timed(label: str, fn) -> float:
+        t = time.time()
+        fn()
+        sync()
+        dt = time.time() - t
+        print(f"[{time.time() - start:7.1f}s] {label}: {dt:.3f}s", flush=True)
+        return dt
+
+    timed("first full segment", lambda: session.score(data[:seg]))
+    for n in (1, 2, 3, 57, 200):  # generation's partial segments: new shapes until the axis is symbolic
+        timed(f"partial segment of {n}", lambda n=n: session.score(data[seg:seg + n]))
+        session.reset()
+    timed("8 segments", lambda: session.score(data[:8 * seg]))
+    dt = timed("32 segments", lambda: session.score(data[:32 * seg]))
+    print(f"  scoring {32 * seg / dt:.0f} bytes/s", flush=True)
+    timed("generate 64 bytes (warm)", lambda: session.generate(b"def f(", 64))
+    dt = timed("generate 64 bytes", lambda: session.generate(b"def g(", 64))
+    print(f"  generation {64 / dt:.1f} bytes/s; dynamo {dict(counters['stats'])}", flush=True)
 
 
-def say(msg):
-    print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
-
-
-seg = s.config.segment_len
-t = time.time(); s.score(data[:seg]); sync(); say(f"first full segment {time.time() - t:.1f}s")
-for n in (1, 2, 3, 57, 200):
-    t = time.time(); s.score(data[seg:seg + n]); sync(); say(f"partial {n}: {time.time() - t:.2f}s")
-    s.reset()
-t = time.time(); s.score(data[: 8 * seg]); sync(); say(f"8 segments {time.time() - t:.3f}s")
-t = time.time(); s.score(data[: 32 * seg]); sync(); dt = time.time() - t
-say(f"32 segments {dt:.3f}s = {32 * seg / dt:.0f} B/s")
-t = time.time(); s.generate(b"def f(", 64); say(f"generate 64 (warm) {time.time() - t:.2f}s")
-t = time.time(); s.generate(b"def g(", 64); dt = time.time() - t; say(f"generate 64 {dt:.2f}s = {64 / dt:.1f} B/s")
-from torch._dynamo.utils import counters
-say(f"dynamo {dict(counters['stats'])}")
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -104,9 +104,9 @@ def test_unknown_backend(bundle_dir):
 def test_torch_backend_feeds_fresh_strides(bundle_dir, corpus):
     """State outputs that are views come back with odd size-1 strides; the module must always see the
     strides of a fresh array (torch.compile guards on them: otherwise a second compilation)."""
-    from neat_edge.runtimes.torch import canonical
-
     import torch
+
+    from neat_edge.runtimes.torch import canonical
 
     class Recording(torch.nn.Module):
         def __init__(self, inner):
