@@ -244,3 +244,26 @@ def test_run_images_dir_and_mvot_eval_cli(mvot_bundle, tmp_path):
     assert 0.0 <= result["image_token_accuracy"] <= 1.0 and result["tokenizer_pixel_mse"] < 0.05
     res = runner.invoke(app, ["mvot-eval", str(tmp_path / "nope")])
     assert res.exit_code != 0 and isinstance(res.exception, NeatError)  # run_app prints it as one `error:` line
+
+
+def test_mvot_training_loss_on_text_is_the_chained_nll():
+    """fit()'s MVoT loss on a text-only window equals the plain chained NLL (same segments, state, TBPTT);
+    with image tokens in the window the image terms join and the image stats are counted."""
+    from neat_edge.config import PRESETS
+    from neat_edge.training.mvot import mvot_loss
+    from neat_edge.training.train import chained_nll
+
+    torch.manual_seed(0)
+    model = build(PRESETS["tiny"]).eval()
+    seg = model.cfg.segment_len
+    windows = torch.randint(0, 256, (2, 3 * seg))
+    stats = {}
+    loss = mvot_loss(0.0, None, stats)
+    got, got_state = loss(model, windows, model.initial_state(2), tbptt=2)
+    want, want_state = chained_nll(model, windows, model.initial_state(2), tbptt=2)
+    torch.testing.assert_close(got, want)
+    assert all(torch.equal(got_state[k], want_state[k]) for k in want_state)
+    windows[:, 5:9] = IMAGE_BASE + torch.arange(4)
+    S = torch.rand(model.cfg.image_codebook_size, model.cfg.image_codebook_size)
+    total, _ = mvot_loss(1.0, S, stats)(model, windows, model.initial_state(2))
+    assert total > 0 and stats["image_count"] == 8 and stats["token_discrepancy"] > 0

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
@@ -37,8 +36,7 @@ from neat_edge.model.vq import (
 )
 from neat_edge.training import visual_task as task
 from neat_edge.training.data import ByteCorpus
-from neat_edge.training.patches import WindowPatches
-from neat_edge.training.train import LN2, TrainOptions, evaluate_bpb, fit
+from neat_edge.training.train import LN2, TrainOptions, chained_segments, evaluate_bpb, fit
 
 VISUAL_MODES = ("mixed", "interleaved", "text")
 
@@ -75,24 +73,15 @@ def mvot_loss(lam: float, discrepancy: torch.Tensor, stats: dict):
     backprop every tbptt segments). Adds image-token counts and argmax hits to `stats`."""
 
     def loss(model, windows, state, tbptt=None, patches=None, grad_checkpointing=False):
-        seg = model.cfg.segment_len
-        plan = (patches or WindowPatches(model.cfg))(windows)
-        z = model.default_svf_z()
-        recompute = grad_checkpointing and torch.is_grad_enabled()
-        total = windows.new_zeros((), dtype=torch.float32)
-        for i in range(windows.shape[1] // seg):
-            if tbptt and i and i % tbptt == 0:
-                state = {k: v.detach() for k, v in state.items()}
-            x = windows[:, i * seg : (i + 1) * seg]
-            args = (x, *plan[i], z, state)
-            out, state = checkpoint(model.step, *args, use_reentrant=False) if recompute else model.step(*args)
+        total, last = windows.new_zeros((), dtype=torch.float32), state
+        for x, out, last in chained_segments(model, windows, state, tbptt, patches, grad_checkpointing):  # noqa: B007
             part = mvot_segment_loss(out["byte_logprobs"], out["image_logits"], x,
                                      discrepancy.to(x.device) if lam else None)
             total = total + part["text_nll"] + part["image_nll"] + (lam * part["token_discrepancy"] if lam else 0.0)
             for key in ("image_nll", "image_count", "image_correct", "token_discrepancy"):
                 if key in part:
                     stats[key] = stats.get(key, 0.0) + float(part[key].detach())
-        return total, state
+        return total, last
 
     return loss
 

@@ -73,25 +73,33 @@ def _autocast(device: str, dtype: torch.dtype | None):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
-def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None, patches: WindowPatches | None = None,
-                grad_checkpointing: bool = False):
-    """Sum of -log p over windows [B, n*S] scored segment by segment with the state carried.
-    Works for NeatModel (fixed or entropy patches) and EntropyModel alike."""
+def chained_segments(model, windows: torch.Tensor, state, tbptt: int | None = None,
+                     patches: WindowPatches | None = None, grad_checkpointing: bool = False):
+    """Yield (segment, outputs, state) for windows [B, n*S] run segment by segment with the state carried:
+    detached every `tbptt` segments (truncated backprop), each segment recomputed in backward with
+    gradient checkpointing. Works for NeatModel (fixed or entropy patches) and EntropyModel alike."""
     seg = model.cfg.segment_len
     is_neat = isinstance(model, NeatModel)
     if is_neat:
         plan = (patches or WindowPatches(model.cfg))(windows)
         z = model.default_svf_z()
     recompute = grad_checkpointing and torch.is_grad_enabled()
-    total = windows.new_zeros((), dtype=torch.float32)
     for i in range(windows.shape[1] // seg):
         if tbptt and i and i % tbptt == 0:
             state = {k: v.detach() for k, v in state.items()}
         x = windows[:, i * seg : (i + 1) * seg]
         args = (x, *plan[i], z, state) if is_neat else (x, state)
         out, state = checkpoint(model.step, *args, use_reentrant=False) if recompute else model.step(*args)
+        yield x, out, state
+
+
+def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None, patches: WindowPatches | None = None,
+                grad_checkpointing: bool = False):
+    """Sum of -log p over windows [B, n*S] scored segment by segment with the state carried."""
+    total, last = windows.new_zeros((), dtype=torch.float32), state
+    for x, out, last in chained_segments(model, windows, state, tbptt, patches, grad_checkpointing):  # noqa: B007
         total = total - out["byte_logprobs"].float().gather(-1, x.unsqueeze(-1)).sum()
-    return total, state
+    return total, last
 
 
 def _fresh_state(model, batch: int):
