@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neat_edge.errors import NeatError
-from tests.test_cli import assert_clean_error, run
+from tests.test_cli import assert_clean_error, inprocess_error, run
 
 SCHEMA = {"backend": str, "precision": str, "size_mb": float, "score_bytes_per_s": float,
           "generate_bytes_per_s": float, "bits_per_byte": float}
@@ -35,16 +35,9 @@ def test_bench_json_schema_and_plot(bundle_dir, tmp_path):
 
 
 def bench_error(monkeypatch, capsys, *args) -> str:
-    """neat-bench in this process (the CLI path: argv, typer, run_app): its one stderr line."""
     from neat_edge.tools.bench_cli import main
 
-    monkeypatch.setattr("sys.argv", ["neat-bench", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code != 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), lines
-    return lines[0]
+    return inprocess_error(main, ["neat-bench", *args], monkeypatch, capsys)
 
 
 def test_bench_bad_input(bundle_dir, tmp_path, monkeypatch, capsys):

@@ -13,7 +13,7 @@ from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
 from neat_edge.export.spec import STATE_IN
 from neat_edge.runtimes import open_model_session, open_session
-from tests.test_cli import assert_clean_error, run
+from tests.test_cli import assert_clean_error, inprocess_error, run
 
 MINI = NeatConfig(name="mini", segment_len=32, context_len=8, d_local=32, local_heads=2, encoder_layers=1,
                   decoder_layers=1, d_model=32, latent_layers=1, latent_heads=2, memory_heads=2, mlp_ratio=2,
@@ -112,16 +112,9 @@ def test_int8_graph_keeps_memory_and_state_fp32(int8_bundle):
 
 
 def export_error(monkeypatch, capsys, *args) -> str:
-    """neat-export in this process (argv, typer, run_app): its one stderr line."""
     from neat_edge.tools.export_cli import main
 
-    monkeypatch.setattr("sys.argv", ["neat-export", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code != 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), lines
-    return lines[0]
+    return inprocess_error(main, ["neat-export", *args], monkeypatch, capsys)
 
 
 def test_export_cli_calibration_errors(tmp_path, text_file, monkeypatch, capsys):

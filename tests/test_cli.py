@@ -26,6 +26,18 @@ def assert_clean_error(proc, needle):
     assert needle in lines[0], err
 
 
+def inprocess_error(main, argv: list[str], monkeypatch, capsys) -> str:
+    """A CLI's `main` in this process (argv, typer, run_app; faster than a subprocess): it must exit
+    non-zero with one `error:` line on stderr, which is returned."""
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code != 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    return lines[0]
+
+
 def test_parity_json(bundle_dir, tmp_path):
     out = tmp_path / "parity.json"
     p = run("neat", "parity", str(bundle_dir), "--backends", "onnxruntime,torch", "--segments", "32", "--json", str(out))
