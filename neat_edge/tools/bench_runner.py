@@ -203,9 +203,9 @@ class BenchCase:
         if self.cuda:
             torch.cuda.synchronize()
         self.first_ms = (time.perf_counter() - t0) * 1e3
-        first = StepTimer(self.session, feeds, self.cuda)
-        first()
         if batch > 1:
+            first = StepTimer(self.session, feeds, self.cuda)
+            first()
             self.first_ms = first.wall[0]
         self.rss.__exit__(None, None, None)  # memory to open the session and run a step (the others' later
         # steps would be counted too if the sampler kept running: the cases are open together)
