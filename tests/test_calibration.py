@@ -88,6 +88,7 @@ def test_int8_bundle_runs_and_records_its_delta(int8_bundle, corpus):
     assert acc["bits_per_byte_delta"] == pytest.approx(acc["bits_per_byte"] - acc["bits_per_byte_fp32"])
     assert report["quantized_matmuls"] > 0 and report["calibration_samples"] == 8
     assert manifest["calibration"]["exclude"] == list(SENSITIVE)
+    assert manifest["calibration"]["activations"] == "u8"  # U8S8: ONNX Runtime's CPU fast path
     assert json.loads((out / "neat.json").read_text())["calibration"] == manifest["calibration"]
     session = open_session(out, backend="onnxruntime")
     logp = session.score(corpus[:200])
@@ -109,6 +110,58 @@ def test_int8_graph_keeps_memory_and_state_fp32(int8_bundle):
     memory = set(plan_nodes(graph).memory)
     assert readers and memory and readers.isdisjoint(memory)  # no memory op reads an int8-rounded value
     assert {n.op_type for n in graph.graph.node if n.name in readers} <= {"MatMul", "Gemm"}
+
+
+def _one_matmul(path, rng):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+@pytest.mark.parametrize("activations,dtype", [("u8", onnx.TensorProto.UINT8), ("s8", onnx.TensorProto.INT8)])
+def test_int8_activation_types(tmp_path, activations, dtype):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from neat_edge.calibration.int8 import quantize_static_qdq
+
+    rng = np.random.default_rng(0)
+    _one_matmul(tmp_path / "f.onnx", rng)
+    x = rng.standard_normal((2, 16)).astype(np.float32) + 1.0  # not centred: an asymmetric range
+
+    class Reader(CalibrationDataReader):
+        feeds = iter([{"x": x}])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static_qdq(tmp_path / "f.onnx", tmp_path / "q.onnx", Reader(), Int8Options(exclude=(), activations=activations))
+    graph = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {t.name: t for t in graph.graph.initializer}
+    q_x = next(n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    zero = inits[q_x.input[2]]
+    assert zero.data_type == dtype
+    if activations == "s8":  # symmetric: TensorRT's explicit quantization needs zero points of 0
+        assert onnx.numpy_helper.to_array(zero).item() == 0
+    with pytest.raises(NeatError, match="activation type"):
+        Int8Options(activations="fp8")
+
+
+def test_tensorrt_int8_is_symmetric_whatever_the_plan(monkeypatch):
+    """--target all --precision int8: the ONNX graph takes the plan's u8, TensorRT's Q/DQ graph s8."""
+    from neat_edge.calibration import plan as plan_module
+    from neat_edge.export import quantize
+
+    seen = []
+    monkeypatch.setattr(quantize, "quantize_graph", lambda source, work, plan: seen.append(plan) or (None, {}))
+    shared = CalibrationPlan(session_factory=lambda: None)
+    with plan_module.calibrating(shared):
+        quantize.quantize_qdq(type("Source", (), {"calibrate": object(), "spec": None})(), None)
+    assert seen[0].options.activations == "s8" and shared.options.activations == "u8"
+    assert seen[0].reports is shared.reports  # TensorRT's report lands in the export's manifest too
 
 
 def export_error(monkeypatch, capsys, *args) -> str:

@@ -84,19 +84,9 @@ def graph_bits_per_byte(session_factory: Callable, graph_path: Path, spec, data:
 
 def _fp32_onnx(source, path: Path) -> None:
     """The fp32 graph with full node metadata (strict export: memory nodes are findable)."""
-    import warnings
+    from neat_edge.export.onnx import strict_onnx_program
 
-    import torch
-
-    from neat_edge.export.onnx import OPSET
-    from neat_edge.export.precision import strict_program
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(strict_program(source), source.args, dynamo=True, opset_version=OPSET,
-                                    input_names=source.spec.input_names, output_names=source.spec.output_names,
-                                    optimize=True, verbose=False)
-    onnx.save(program.model_proto, str(path))
+    onnx.save(strict_onnx_program(source).model_proto, str(path))
 
 
 def quantize_graph(source, work: Path, plan: CalibrationPlan) -> tuple[onnx.ModelProto, dict]:

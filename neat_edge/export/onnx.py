@@ -66,12 +66,17 @@ def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, dynamic_
     return _entry(graph, path, "fp32")
 
 
+def strict_onnx_program(source: GraphSource):
+    """The source exported in strict mode (every node keeps its full source trace: memory nodes and
+    module paths are findable, for fp16 and int8)."""
+    return _torch_onnx_export(strict_program(source), source.args, source.spec, None)
+
+
 def export_fp16_graph(source: GraphSource, path: Path) -> dict:
     """Strict export -> ONNX -> fp16 with fp32 I/O and fp32 Titans memory nodes."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    program = _torch_onnx_export(strict_program(source), source.args, source.spec, None)
-    graph = program.model_proto
+    graph = strict_onnx_program(source).model_proto
     keep = onnx_memory_nodes(graph)
     require_memory_ops(len(keep), source.spec, "ONNX graph")
     with warnings.catch_warnings():

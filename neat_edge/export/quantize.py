@@ -5,6 +5,7 @@ or the defaults (CPython sources, minmax, byte head fp32) when a target is built
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -44,4 +45,6 @@ def quantize_qdq(source: GraphSource, work: Path) -> onnx.ModelProto:
     plan = active_plan() or plan_for_source(source)
     if plan.session_factory is None:
         plan.session_factory = plan_for_source(source).session_factory
+    # TensorRT's explicit quantization takes symmetric int8 activations only (zero point 0)
+    plan = dataclasses.replace(plan, options=dataclasses.replace(plan.options, activations="s8"))
     return quantize_graph(source, work, plan)[0]
