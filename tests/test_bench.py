@@ -80,6 +80,23 @@ def test_bench_bundle_per_precision(bundle_dir, tmp_path):
         resolver.bundle_for("int4", needs_graph=True)
 
 
+def test_bench_cache_drops_an_int8_bundle_calibrated_otherwise(bundle_dir, tmp_path, monkeypatch):
+    from neat_edge.calibration import CalibrationPlan
+    from neat_edge.tools.bench_bundles import BundleResolver, _weights_id
+
+    resolver = BundleResolver(str(bundle_dir), cache=tmp_path)
+    exported = []
+    monkeypatch.setattr(resolver, "_export", lambda out, precision: exported.append(precision))
+    cached = tmp_path / _weights_id(str(bundle_dir)) / "int8"
+    shutil.copytree(bundle_dir, cached)
+    manifest = json.loads((cached / "neat.json").read_text())
+    for activations, reexported in (("u8", []), ("s8", ["int8"])):  # today's default is u8
+        manifest["calibration"] = {**CalibrationPlan().settings(), "activations": activations}
+        (cached / "neat.json").write_text(json.dumps(manifest))
+        assert resolver.bundle_for("int8", needs_graph=True) == cached
+        assert exported == reexported
+
+
 @pytest.mark.parametrize("n_chunks,tokens,batch", [(1, 32, 2), (4, 29, 3), (2, 64, 1)])
 def test_memory_layer_flop_count_matches_torch(n_chunks, tokens, batch):
     """The analytic GEMM count of one memory-layer call equals torch.utils.flop_counter's."""

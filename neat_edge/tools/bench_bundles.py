@@ -51,6 +51,18 @@ def _weights_id(source: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _current(bundle: Path, precision: str | None) -> bool:
+    """A cached int8 bundle is reused only while it was calibrated with today's default settings (an
+    upgrade that changes them, e.g. the activation type, must not be benchmarked on the old graph)."""
+    if precision != "int8":
+        return True
+    from neat_edge.calibration import CalibrationPlan
+
+    expected = CalibrationPlan().settings()
+    cached = open_bundle(bundle, verify_checksums=False).manifest.get("calibration") or {}
+    return all(cached.get(k) == v for k, v in expected.items())
+
+
 class BundleResolver:
     """bundle_for(precision, needs_graph) -> the bundle directory to benchmark that precision on."""
 
@@ -80,7 +92,7 @@ class BundleResolver:
         if self.given is not None and (not needs_graph or self.given_precision() == precision):
             return self.given
         out = self.cache / _weights_id(self.source) / (precision if needs_graph else "torch")
-        if (out / MANIFEST).is_file():
+        if (out / MANIFEST).is_file() and _current(out, precision if needs_graph else None):
             return out
         self._export(out, precision if needs_graph else None)
         return out
