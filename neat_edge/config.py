@@ -24,6 +24,10 @@ MEMORY_ARCHS = ("mac", "mag", "mal")
 SVF_SCOPES = ("latent", "all")  # where SVF linears sit: latent layers only, or local layers too
 
 
+FLOAT_FIELDS = ("memory_theta_max", "memory_theta_init")
+OMIT_WHEN_DEFAULT = {"memory_theta_max": 0.02, "memory_theta_init": 0.01}
+
+
 @dataclass(frozen=True)
 class NeatConfig:
     name: str = "custom"
@@ -55,6 +59,11 @@ class NeatConfig:
     # Per-token clip of the surprise gradient ‖∇_{W_l} ℓ_t‖ (0 = off). Typical tokens of trained tiny/small
     # models sit at 3-20 (head widths 80/96); unclipped outliers (> 100) drove a small model's memory to inf.
     memory_max_grad_norm: int = 32
+    # θ (Eq 10/14) per unit of mean squared error: θ_t = memory_theta_max·σ(·) ≤ memory_theta_max, starting at
+    # memory_theta_init. The seeds' 0.01 / 0.02 make each write move M(k) by about 2θ/head_dim of the error
+    # (keys are ℓ2-normalised): too little to hold anything from one segment to the next.
+    memory_theta_max: float = 0.02
+    memory_theta_init: float = 0.01
     # --- Transformer² experts and MVoT images ---
     svf_scope: str = "latent"  # SVF linears (driven by svf_z): latent (attention + MLP) or all (+ local layers)
     n_experts: int = 4  # dispatch-head outputs: the most experts the classifier can route between
@@ -87,6 +96,10 @@ class NeatConfig:
                 if not isinstance(value, str) or not value:
                     raise NeatError(f"config field '{f.name}' must be a non-empty string")
                 continue
+            if f.name in FLOAT_FIELDS:
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1e6:
+                    raise NeatError(f"config field '{f.name}' must be a positive number, got {value!r}")
+                continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise NeatError(f"config field '{f.name}' must be an integer, got {value!r}")
             low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window", "ngram_buckets",
@@ -112,12 +125,17 @@ class NeatConfig:
             raise NeatError("config field 'd_model' must be divisible by 'memory_heads'")
         if not 1 <= self.memory_depth <= 4:
             raise NeatError(f"config field 'memory_depth' must be in 1..4, got {self.memory_depth}")
+        if self.memory_theta_init >= self.memory_theta_max:
+            raise NeatError("config field 'memory_theta_init' must be below 'memory_theta_max'")
         if self.segment_len % self.patch_size:
             raise NeatError("config field 'segment_len' must be a multiple of 'patch_size'")
 
     # --- JSON round trip ---
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # Fields added after checkpoints shipped are written only when set, so the JSON (and with it the
+        # fingerprint and the experts' base id) of every earlier model stays what it was.
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in OMIT_WHEN_DEFAULT or v != OMIT_WHEN_DEFAULT[k]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

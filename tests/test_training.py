@@ -133,3 +133,28 @@ def test_single_file_holds_out_its_tail(tmp_path):
     corpus = ByteCorpus.from_paths([f])
     assert corpus.train_bytes + corpus.heldout_bytes == 256 * 40
     assert corpus.heldout.tobytes() == f.read_bytes()[corpus.train_bytes :]
+
+
+def test_fine_tune_from_a_base_with_a_new_memory_step(tmp_path):
+    import dataclasses
+
+    from neat_edge.model.checkpoint import build, save_checkpoint
+    from neat_edge.training.train import fine_tune_start
+
+    base = build(MICRO)
+    save_checkpoint(base, tmp_path / "base")
+    same = fine_tune_start(tmp_path / "base")  # no config: the base's own, every weight as saved
+    assert same.cfg == MICRO and all(torch.equal(v, base.state_dict()[k]) for k, v in same.state_dict().items())
+    cfg = dataclasses.replace(MICRO, memory_theta_max=4.0, memory_theta_init=0.4)
+    model = fine_tune_start(tmp_path / "base", cfg)
+    for k, v in model.state_dict().items():
+        if k.endswith("gate_theta.bias"):  # θ starts at the new init on the new scale
+            assert torch.allclose(torch.sigmoid(v) * 4.0, torch.full_like(v, 0.4))
+        else:
+            assert torch.equal(v, base.state_dict()[k]), k
+    mem = model.latent.layers[0].memory
+    assert mem.theta_max == pytest.approx(4.0 / mem.head_dim)
+    with pytest.raises(NeatError, match="memory step"):
+        fine_tune_start(tmp_path / "base", dataclasses.replace(MICRO, d_model=64))
+    # the new fields are written only when set: earlier models keep their JSON and fingerprint
+    assert "memory_theta_max" not in MICRO.to_dict() and NeatConfig.from_json(cfg.to_json()) == cfg

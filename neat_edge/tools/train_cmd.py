@@ -42,8 +42,9 @@ def train_command(
     expert: str | None = typer.Option(None, "--expert", help="Train a Transformer² expert NAME (z only) on --data "
                                       "for --base; writes OUT/NAME.safetensors (OUT = BASE/experts ships it)."),
     domain: str | None = typer.Option(None, "--domain", help="What the expert's data are (listed by `neat experts`)."),
-    base: Path | None = typer.Option(None, "--base", help="The trained checkpoint an expert adapts "
-                                      "(or --visual-task fine-tunes)."),
+    base: Path | None = typer.Option(None, "--base", help="The trained checkpoint an expert adapts, or that "
+                                      "training (text or --visual-task) fine-tunes: --config may then change "
+                                      "only the memory step (memory_theta_*)."),
     objective: str = typer.Option("nll", "--objective", help="Expert objective: nll, or reinforce (Transformer² RL)."),
     kl_coef: float = typer.Option(0.1, "--kl-coef", min=0.0, help="KL penalty λ of the reinforce objective."),
     dispatch_head: bool = typer.Option(True, "--dispatch-head/--no-dispatch-head",
@@ -98,7 +99,7 @@ def train_command(
 
         result = train_entropy(EntropyConfig(segment_len=cfg.segment_len), paths, out, opts, resume=resume)
     else:
-        result = train(cfg, paths, out, opts, resume=resume)
+        result = train(cfg if config or base is None else None, paths, out, opts, resume=resume, base=base)
     stopped = f"  stopped at step {result['steps_done']} (--resume goes on)" if result["stopped_early"] else ""
     console.print(f"[green]saved[/green] {out}  params={result['parameters']:,}  "
                   f"held-out bits/byte={result['heldout_bits_per_byte']:.4f}  "

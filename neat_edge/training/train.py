@@ -7,6 +7,7 @@ optional gradient checkpointing per segment, periodic held-out bits-per-byte, an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -247,15 +248,39 @@ def _check_resume(out_dir, resume: bool) -> bool:
     return resume
 
 
-def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True,
-          resume: bool = False) -> dict:
-    """Train a NeatModel from its seeded init (or resume the run in out_dir) and write a checkpoint
-    directory with train_log.json and the trainer state."""
+def fine_tune_start(base: str | Path, cfg: NeatConfig | None = None) -> NeatModel:
+    """The dense model `base` holds, for further training under cfg (None: the base's own config).
+    cfg may differ from the base's only in the memory step θ (memory_theta_max / _init); a new θ scale
+    restarts the θ gate at memory_theta_init (its old logits meant a step on another scale)."""
+    start = load_checkpoint(base, svf=False)
+    cfg = cfg or start.cfg
+    theta = ("memory_theta_max", "memory_theta_init")
+    same_arch = dataclasses.replace(cfg, **{k: getattr(start.cfg, k) for k in (*theta, "name")}) == start.cfg
+    if not same_arch:
+        raise NeatError(f"--base {base}: the config given differs from the base's in more than the memory step "
+                        "(memory_theta_max, memory_theta_init)")
+    model = build(cfg)
+    model.load_state_dict(start.state_dict())
+    if any(getattr(cfg, k) != getattr(start.cfg, k) for k in theta):
+        p = cfg.memory_theta_init / cfg.memory_theta_max
+        with torch.no_grad():
+            for layer in model.latent.layers:
+                layer.memory.gate_theta.bias.fill_(math.log(p / (1 - p)))
+    return model
+
+
+def train(cfg: NeatConfig | None, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True,
+          resume: bool = False, base: str | Path | None = None) -> dict:
+    """Train a NeatModel from its seeded init, or from the checkpoint `base` (fine_tune_start), or
+    resume the run in out_dir, and write a checkpoint directory with train_log.json and the trainer state."""
     corpus = ByteCorpus.from_paths(data_paths)
     if _check_resume(out_dir, resume):
         model = load_checkpoint(out_dir, svf=False)  # the run's own config wins over the one given
         cfg = model.cfg
         model.train()
+    elif base is not None:
+        model = fine_tune_start(base, cfg)
+        cfg = model.cfg
     else:
         model = build(cfg)
     patches, patching = None, None
@@ -275,6 +300,8 @@ def train(cfg: NeatConfig, data_paths, out_dir, opts: TrainOptions, show_progres
         save_patching(out, patching[0].cpu(), patching[1])
         result["patcher"] = {"threshold": patching[1].threshold, "max_patch_len": patching[1].max_patch_len}
     result["mean_patch_length"] = _mean_patch_length(patches or WindowPatches(cfg), corpus.heldout_stream, cfg)
+    if base is not None and not resume:
+        result["base"] = str(base)
     atomic_write_json(out / "train_log.json", result)
     return result
 
