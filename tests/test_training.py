@@ -158,3 +158,12 @@ def test_fine_tune_from_a_base_with_a_new_memory_step(tmp_path):
         fine_tune_start(tmp_path / "base", dataclasses.replace(MICRO, d_model=64))
     # the new fields are written only when set: earlier models keep their JSON and fingerprint
     assert "memory_theta_max" not in MICRO.to_dict() and NeatConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_fine_tune_cli_refuses_a_preset(tmp_path, monkeypatch, capsys):
+    from neat_edge.tools.cli import main
+    from tests.test_cli import inprocess_error
+
+    err = inprocess_error(main, ["neat", "train", "--base", "neat_edge/checkpoints/tiny", "--preset", "small",
+                                 "--data", str(STDLIB_JSON), "--out", str(tmp_path / "o")], monkeypatch, capsys)
+    assert "--preset does not apply" in err and not (tmp_path / "o").exists()

@@ -17,7 +17,7 @@ def train_command(
     data: list[Path] = typer.Option(..., "--data", help="Training files or directories: --data A B C..."),
     more_data: list[Path] | None = typer.Argument(None, hidden=True, help="Further paths after --data."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write."),
-    preset_name: str = typer.Option("tiny", "--preset", help="Model preset: tiny, small, base."),
+    preset_name: str | None = typer.Option(None, "--preset", help="Model preset: tiny (default), small, base."),
     config: Path | None = typer.Option(None, "--config", help="A config.json instead of a preset."),
     steps: int = typer.Option(1000, "--steps", min=1),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
@@ -70,7 +70,10 @@ def train_command(
         return train_expert_cli(ctx, expert, domain, base, [*data, *(more_data or [])], out, objective, kl_coef,
                                 dispatch_head, steps=steps, batch_size=batch_size, segments=segments, lr=lr,
                                 warmup=warmup, seed=seed, device=device, eval_bytes=eval_bytes)
-    cfg = NeatConfig.load(config) if config else preset(preset_name)
+    if base is not None and preset_name is not None and not visual_task:  # (an expert returned above)
+        raise NeatError("--base: the model is the checkpoint's; --preset does not apply "
+                        "(--config may change its memory step)")
+    cfg = NeatConfig.load(config) if config else preset(preset_name or "tiny")
     if precision not in PRECISIONS:
         raise NeatError(f"unknown --precision '{precision}' (choose from {', '.join(PRECISIONS)})")
     if device.startswith("cuda"):
