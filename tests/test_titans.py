@@ -69,6 +69,35 @@ def test_clipping_keeps_a_long_stream_bounded():
     assert all(torch.isfinite(w).all() and w.abs().max() < 1e3 for w in kept["weights"])
 
 
+def _recall_error_after_writes(theta_max, eta, correlation, writes):
+    """Relative retrieval error ‖M(k) − v‖² / ‖M_0(k) − v‖² after writing the same 32 pairs `writes`
+    times (one chunk each), θ at half its bound: the memory's recall, apart from any training."""
+    gen = torch.Generator().manual_seed(0)
+    d, t = 80, 32
+    mem = NeuralMemory(d, heads=1, depth=2, chunk_size=t, theta_max=theta_max, theta_init=theta_max / 2,
+                       max_grad_norm=32)
+    shared = torch.randn(1, 1, 1, d, generator=gen)
+    k = torch.nn.functional.normalize(3 * correlation * shared + torch.randn(1, 1, t, d, generator=gen), dim=-1)
+    v = torch.randn(1, 1, t, d, generator=gen)
+    alpha, theta, eta = (torch.full((1, 1, t), x) for x in (0.002, mem.theta_max / 2, eta))
+    with torch.no_grad():
+        state = mem.init_state(1)
+        before = (mem.retrieve(state, k) - v).pow(2).mean()
+        for _ in range(writes):
+            state = mem.update(state, k, v, alpha, theta, eta)
+        return ((mem.retrieve(state, k) - v).pow(2).mean() / before).item()
+
+
+def test_recall_needs_a_large_step_and_breaks_on_correlated_keys():
+    """What the memory ablation found (README): at the seeds' θ one write of 32 near-orthogonal pairs
+    recalls almost nothing; a step 800x larger without momentum recalls them; the same step with
+    correlated keys (one chunk's gradients all taken at its start, Eq 16-18) overshoots."""
+    assert _recall_error_after_writes(0.02, 0.0, 0.0, 1) > 0.99
+    assert _recall_error_after_writes(16.0, 0.0, 0.0, 3) < 0.4
+    assert _recall_error_after_writes(16.0, 0.0, 0.7, 2) > 10
+    assert _recall_error_after_writes(16.0, 0.9, 0.0, 2) > 10  # momentum re-applies a stale chunk gradient
+
+
 def test_forget_gate_clears_or_keeps_memory():
     mem = NeuralMemory(16, heads=1, depth=2, chunk_size=8)
     state = mem.init_state(1)
