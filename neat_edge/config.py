@@ -60,8 +60,8 @@ class NeatConfig:
     # models sit at 3-20 (head widths 80/96); unclipped outliers (> 100) drove a small model's memory to inf.
     memory_max_grad_norm: int = 32
     # θ (Eq 10/14) per unit of mean squared error: θ_t = memory_theta_max·σ(·) ≤ memory_theta_max, starting at
-    # memory_theta_init. The seeds' 0.01 / 0.02 make each write move M(k) by about 2θ/head_dim of the error
-    # (keys are ℓ2-normalised): too little to hold anything from one segment to the next.
+    # memory_theta_init. The seeds' 0.01 / 0.02 make one write recall almost nothing; a far larger bound
+    # recalls spread-out keys but overshoots on correlated ones (README, memory ablation).
     memory_theta_max: float = 0.02
     memory_theta_init: float = 0.01
     # --- Transformer² experts and MVoT images ---

@@ -260,12 +260,12 @@ def fine_tune_start(base: str | Path, cfg: NeatConfig | None = None) -> NeatMode
         raise NeatError(f"--base {base}: the config given differs from the base's in more than the memory step "
                         "(memory_theta_max, memory_theta_init)")
     model = build(cfg)
+    fresh_theta_gates = [layer.memory.gate_theta.bias.detach().clone() for layer in model.latent.layers]
     model.load_state_dict(start.state_dict())
     if any(getattr(cfg, k) != getattr(start.cfg, k) for k in theta):
-        p = cfg.memory_theta_init / cfg.memory_theta_max
-        with torch.no_grad():
-            for layer in model.latent.layers:
-                layer.memory.gate_theta.bias.fill_(math.log(p / (1 - p)))
+        with torch.no_grad():  # the new build's own gate init: memory_theta_init on the new scale
+            for layer, bias in zip(model.latent.layers, fresh_theta_gates):
+                layer.memory.gate_theta.bias.copy_(bias)
     return model
 
 
