@@ -20,6 +20,7 @@ N_SPECIALS = 4
 # MVoT: inside the token stream (never in the byte head's vocabulary) image code k of the VQ
 # codebook is token IMAGE_BASE + k, between a BOI and an EOI (model/mvot.py).
 IMAGE_BASE = 256 + N_SPECIALS
+IMAGE_DOWNSAMPLE = 8  # MVoT: one VQ code per 8x8 pixels (model/vq.py: three stride-2 convolutions)
 MEMORY_ARCHS = ("mac", "mag", "mal")
 SVF_SCOPES = ("latent", "all")  # where SVF linears sit: latent layers only, or local layers too
 
@@ -76,6 +77,11 @@ class NeatConfig:
     @property
     def vocab_size(self) -> int:
         return 256 + N_SPECIALS
+
+    @property
+    def image_size(self) -> int:
+        """Side of an MVoT image in pixels (image_grid codes of IMAGE_DOWNSAMPLE pixels each)."""
+        return self.image_grid * IMAGE_DOWNSAMPLE
 
     @property
     def patches_per_segment(self) -> int:

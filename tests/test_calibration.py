@@ -11,8 +11,8 @@ from neat_edge.calibration import CalibrationPlan, Int8Options, StreamCalibratio
 from neat_edge.calibration.int8 import SENSITIVE, plan_nodes
 from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
-from neat_edge.export.spec import STATE_IN
 from neat_edge.runtimes import open_model_session, open_session
+from neat_edge.spec import STATE_IN
 from tests.test_cli import assert_clean_error, inprocess_error, run
 
 MINI = NeatConfig(name="mini", segment_len=32, context_len=8, d_local=32, local_heads=2, encoder_layers=1,
@@ -208,8 +208,8 @@ def test_coreml_weight_compression(tmp_path, compression, op):
     import dataclasses
 
     from neat_edge.calibration.coreml import CompressedCoreMLTarget
-    from neat_edge.export.spec import step_spec
     from neat_edge.model.checkpoint import build, load_checkpoint, save_checkpoint
+    from neat_edge.spec import step_spec
 
     cfg = dataclasses.replace(MINI, d_model=64, d_local=64)  # 64x64 memory projections: above the size threshold
     save_checkpoint(build(cfg), tmp_path / "ckpt")

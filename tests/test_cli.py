@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from neat_edge.export.bundle import MANIFEST
+from neat_edge.bundle import MANIFEST
 
 
 def run(*args, stdin=None):

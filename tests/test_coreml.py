@@ -8,10 +8,10 @@ import pytest
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install -e '.[coreml]')")
 
+from neat_edge.bundle import open_bundle  # noqa: E402
 from neat_edge.errors import NeatError  # noqa: E402
-from neat_edge.export.bundle import open_bundle  # noqa: E402
 from neat_edge.export.coreml import CoreMLTarget, coreml_name  # noqa: E402
-from neat_edge.export.spec import STATE_IN, step_spec  # noqa: E402
+from neat_edge.spec import STATE_IN, step_spec  # noqa: E402
 
 ON_MAC = sys.platform == "darwin"
 STATEFUL_TOL = 5e-3  # fp16 state storage: measured 4e-4 over 6 segments
@@ -150,7 +150,7 @@ class FakeMLModel:
     def __init__(self, model, entry):
         import torch
 
-        from neat_edge.export.base import StepModule
+        from neat_edge.model.graphs import StepModule
 
         self.torch, self.spec = torch, step_spec(model)
         self.module, self.entry = StepModule(model, self.spec).eval(), entry

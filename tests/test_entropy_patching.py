@@ -64,7 +64,7 @@ def test_session_streams_and_reports_patch_lengths(blt, corpus):
 
 
 def test_onnx_parity_with_entropy_patching(blt_bundle, corpus, tmp_path):
-    from neat_edge.export.bundle import open_bundle
+    from neat_edge.bundle import open_bundle
     from neat_edge.export.verify import parity_report
 
     manifest = open_bundle(blt_bundle).manifest

@@ -4,8 +4,8 @@ import shutil
 import onnx
 import pytest
 
+from neat_edge.bundle import MANIFEST, open_bundle
 from neat_edge.errors import NeatError
-from neat_edge.export.bundle import MANIFEST, open_bundle
 from neat_edge.export.verify import parity_report
 from neat_edge.runtimes import open_session
 

@@ -166,7 +166,7 @@ def _episode_stream(tokenizer, n=3):
 
 
 def test_onnx_parity_image_logits_and_pixels_over_an_interleaved_stream(mvot_bundle, tokenizer):
-    from neat_edge.export.bundle import open_bundle
+    from neat_edge.bundle import open_bundle
     from neat_edge.runtimes import open_session
     from neat_edge.runtimes.images import decode_image
     from neat_edge.training.mvot_eval import teacher_forced

@@ -9,9 +9,10 @@ import torch
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install -e '.[coreml]')")
 
+from neat_edge.export.base import image_decoder_source  # noqa: E402
 from neat_edge.export.coreml import CoreMLTarget  # noqa: E402
 from neat_edge.export.pipeline import PIXEL_TOLERANCE_LOW_PRECISION  # noqa: E402
-from neat_edge.model.vq import build_tokenizer, image_decoder_source, image_size  # noqa: E402
+from neat_edge.model.vq import build_tokenizer, image_size  # noqa: E402
 from tests.test_mvot import MICRO  # noqa: E402
 
 ON_MAC = sys.platform == "darwin"
@@ -43,9 +44,9 @@ def test_image_decoder_converts_with_its_spec(converted):
 @pytest.mark.coreml
 @pytest.mark.skipif(not ON_MAC, reason="Core ML predicts only on macOS (coremltools cannot load models elsewhere)")
 def test_image_decoder_pixels_match_pytorch_on_device(converted):
-    from neat_edge.export.spec import image_decoder_spec
     from neat_edge.runtimes.coreml import CoreMLBackend
     from neat_edge.runtimes.images import TorchImageDecoder
+    from neat_edge.spec import image_decoder_spec
 
     tok, path, entry = converted
     backend = CoreMLBackend(path, image_decoder_spec(MICRO), entry)

@@ -32,8 +32,8 @@ def test_save_load_continuation(bundle_dir, corpus, backend, tmp_path):
 
 
 def test_state_from_another_model_is_refused(bundle_dir, tmp_path):
+    from neat_edge.bundle import open_bundle
     from neat_edge.config import NeatConfig
-    from neat_edge.export.bundle import open_bundle
     from neat_edge.model.checkpoint import build
     from neat_edge.model.entropy import default_patching
     from neat_edge.model.svf import convert_to_svf

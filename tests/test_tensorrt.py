@@ -14,9 +14,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from neat_edge.export.base import step_source
-from neat_edge.export.spec import step_spec
 from neat_edge.export.tensorrt import TensorRTTarget, check_tensorrt_ready
 from neat_edge.export.tensorrt_ops import SUPPORTED, unsupported_ops
+from neat_edge.spec import step_spec
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 

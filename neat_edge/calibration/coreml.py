@@ -15,7 +15,7 @@ from pathlib import Path
 
 from neat_edge.errors import NeatError
 from neat_edge.export.base import GraphSource, step_source
-from neat_edge.export.spec import GraphSpec
+from neat_edge.spec import GraphSpec
 
 COMPRESSIONS = ("int8", "palette4", "palette6", "palette8")
 WEIGHT_THRESHOLD = 2048  # smaller tensors (norm scales, biases, gates) stay as they are

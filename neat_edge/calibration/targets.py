@@ -9,7 +9,7 @@ from pathlib import Path
 
 from neat_edge.calibration.plan import CalibrationPlan, active_plan, quantize_graph
 from neat_edge.export.base import GraphSource, step_source
-from neat_edge.export.spec import GraphSpec
+from neat_edge.spec import GraphSpec
 
 
 class Int8OnnxTarget:

@@ -12,8 +12,9 @@ from typing import Protocol
 
 import torch
 
-from neat_edge.export.spec import STATE_IN, GraphSpec
+from neat_edge.model.graphs import EntropyStepModule, StepModule
 from neat_edge.model.neat import NeatModel
+from neat_edge.spec import STATE_IN, GraphSpec
 
 
 @dataclass
@@ -63,21 +64,6 @@ class ExportTarget(Protocol):
         """The same for any GraphSource (build() is build_graph(step_source(model, spec)))."""
 
 
-class StepModule(torch.nn.Module):
-    """NeatModel.step as a function of flat tensors in GraphSpec order: what exporters trace."""
-
-    def __init__(self, model: NeatModel, spec: GraphSpec):
-        super().__init__()
-        self.model, self.spec = model, spec
-        self.state_names = [n[len(STATE_IN):] for n in spec.input_names if n.startswith(STATE_IN)]
-
-    def forward(self, data, patch_ids, patch_mask, svf_z, *state):
-        outputs, new_state = self.model.step(data, patch_ids, patch_mask, svf_z,
-                                             dict(zip(self.state_names, state)))
-        return (outputs["byte_logprobs"], outputs["image_logits"], outputs["dispatch_logits"],
-                *(new_state[n] for n in self.state_names))
-
-
 def example_inputs(model: NeatModel, spec: GraphSpec, batch: int = 2) -> tuple[torch.Tensor, ...]:
     """Representative inputs for tracing (batch 2, so the batch axis is not specialised to 1)."""
     from neat_edge.patching import segment_patches
@@ -111,23 +97,24 @@ def step_source(model: NeatModel, spec: GraphSpec, patching=None) -> GraphSource
                        calibrate=lambda: record_step_feeds(model, patching))
 
 
-class EntropyStepModule(torch.nn.Module):
-    """The BLT entropy model's step over flat tensors (spec: export.spec.entropy_spec)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, data, byte_context):
-        out, state = self.model.step(data, {"byte_context": byte_context})
-        return out["byte_logprobs"], out["entropy"], state["byte_context"]
-
-
 def entropy_source(model) -> GraphSource:
-    from neat_edge.export.spec import entropy_spec
+    from neat_edge.spec import entropy_spec
 
     seg = model.cfg.segment_len
     data = torch.randint(0, 256, (2, seg), generator=torch.Generator().manual_seed(0))
     return GraphSource("entropy", EntropyStepModule(model).eval(), (data, model.initial_state(2)["byte_context"]),
                        entropy_spec(model), {"batch": (1, 1, BATCH_MAX), "segment": (1, seg, seg)},
                        "NEAT-Edge BLT entropy model: next-byte entropies that decide where patches start")
+
+
+def image_decoder_source(tok) -> GraphSource:
+    """The bundle's MVoT image-decoder graph (every export target builds it the same way)."""
+    from neat_edge.model.vq import ImageDecoderGraph, image_size
+    from neat_edge.spec import image_decoder_spec
+
+    g = tok.cfg.image_grid
+    codes = torch.randint(0, tok.cfg.image_codebook_size, (2, g, g), generator=torch.Generator().manual_seed(0))
+    return GraphSource("image_decoder", ImageDecoderGraph(tok).eval(), (codes,), image_decoder_spec(tok.cfg),
+                       {"batch": (1, 1, BATCH_MAX)},
+                       f"NEAT-Edge MVoT image decoder: {g}x{g} VQ codes -> {image_size(tok.cfg)}x"
+                       f"{image_size(tok.cfg)} RGB pixels in [0, 1]")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import re
 import warnings
 from collections import Counter
@@ -34,23 +33,15 @@ import neat_edge
 from neat_edge.errors import NeatError
 from neat_edge.export.base import GraphSource, step_source
 from neat_edge.export.precision import check_precision, in_memory_code, require_memory_ops, strict_program
-from neat_edge.export.spec import STATE_IN, STATE_OUT, GraphSpec
 from neat_edge.model.neat import NeatModel
+from neat_edge.runtimes.coreml import import_coremltools
+from neat_edge.spec import STATE_IN, STATE_OUT, GraphSpec
 
 AUTHOR, LICENSE = "NEAT-Edge", "Apache-2.0"
 # The oldest targets that convert: ML programs with flexible (RangeDim) inputs exist since iOS 15 / macOS 12;
 # Core ML states (ct.StateType) need iOS 18 / macOS 15.
 EXPLICIT_TARGET, STATEFUL_TARGET = "iOS15", "iOS18"
 FIXED_AXES = {"batch": 1}  # on-device streams are one at a time; Core ML states need fixed shapes
-
-
-def import_coremltools():
-    logging.getLogger("coremltools").setLevel(logging.ERROR)  # "Failed to load _MLModelProxy" off macOS
-    try:
-        import coremltools as ct
-    except ImportError:
-        raise NeatError("the Core ML target needs coremltools: pip install -e \".[coreml]\"") from None
-    return ct
 
 
 def coreml_name(name: str) -> str:

@@ -17,10 +17,11 @@ import torch
 from onnxscript import ir
 
 from neat_edge.errors import NeatError
-from neat_edge.export.base import EntropyStepModule, GraphSource, entropy_source, step_source
+from neat_edge.export.base import GraphSource, entropy_source, step_source
 from neat_edge.export.precision import check_precision, onnx_memory_nodes, require_memory_ops, strict_program
-from neat_edge.export.spec import GraphSpec
+from neat_edge.model.graphs import EntropyStepModule
 from neat_edge.model.neat import NeatModel
+from neat_edge.spec import GraphSpec
 
 OPSET = 18
 PRECISION_KEY = "neat.precision"  # ONNX metadata: lets a later target tell what precision a file holds

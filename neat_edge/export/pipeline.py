@@ -8,13 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+from neat_edge.bundle import Bundle
 from neat_edge.calibration.coreml import COMPRESSIONS as COREML_COMPRESSIONS  # Core ML weight compression
 from neat_edge.errors import NeatError
-from neat_edge.export.bundle import Bundle, install_bundle, staging_dir, write_bundle_files
+from neat_edge.export.bundle import install_bundle, staging_dir, write_bundle_files
 from neat_edge.export.precision import PRECISIONS, quiet_exporter_logs
-from neat_edge.export.spec import step_spec
 from neat_edge.export.verify import BPB_TOLERANCE, DEFAULT_TOLERANCE, backend_passed, parity_report, read_corpus
 from neat_edge.model.neat import NeatModel
+from neat_edge.spec import step_spec
 
 TARGET_NAMES = ("onnx", "coreml", "tensorrt")  # build order: the TensorRT target reuses the ONNX file
 DEFAULT_PRECISION = {"onnx": "fp32", "coreml": "fp16", "tensorrt": "fp16"}

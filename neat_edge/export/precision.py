@@ -20,8 +20,8 @@ import warnings
 import torch
 
 from neat_edge.errors import NeatError
-from neat_edge.export.spec import STATE_IN
 from neat_edge.model import titans
+from neat_edge.spec import STATE_IN
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MEMORY_FRAME = f'File "{inspect.getsourcefile(titans)}"'

@@ -30,10 +30,10 @@ from neat_edge.errors import NeatError
 from neat_edge.export.base import GraphSource, step_source
 from neat_edge.export.onnx import OPSET, OnnxTarget, onnx_precision
 from neat_edge.export.precision import PRECISIONS, check_precision
-from neat_edge.export.spec import GraphSpec
 from neat_edge.export.tensorrt_ops import SOURCE, TENSORRT_VERSION, unsupported_ops
 from neat_edge.fileio import atomic_write
 from neat_edge.model.neat import NeatModel
+from neat_edge.spec import GraphSpec
 
 TIMING_CACHE = "tensorrt.timing.cache"
 INSTALL_HINT = "pip install tensorrt (Linux, NVIDIA GPU)"

@@ -22,17 +22,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
-from neat_edge.config import NeatConfig
+from neat_edge.config import IMAGE_DOWNSAMPLE, NeatConfig
 from neat_edge.errors import NeatError
 from neat_edge.fileio import atomic_write
 
-DOWNSAMPLE = 8  # three stride-2 convolutions: one code per 8x8 pixels
+DOWNSAMPLE = IMAGE_DOWNSAMPLE  # three stride-2 convolutions: one code per 8x8 pixels
 HIDDEN = 64
 VQ_FILE = "vq.safetensors"
 
 
 def image_size(cfg: NeatConfig) -> int:
-    return cfg.image_grid * DOWNSAMPLE
+    return cfg.image_size
 
 
 class ImageTokenizer(nn.Module):
@@ -103,19 +103,6 @@ def tokenizer_for(model) -> ImageTokenizer | None:
         tok = load_tokenizer(source, model.cfg)
         attach_tokenizer(model, tok)
     return tok
-
-
-def image_decoder_source(tok: ImageTokenizer):
-    """The bundle's image-decoder graph as a GraphSource (every export target builds it the same way)."""
-    from neat_edge.export.base import BATCH_MAX, GraphSource
-    from neat_edge.export.spec import image_decoder_spec
-
-    g = tok.cfg.image_grid
-    codes = torch.randint(0, tok.cfg.image_codebook_size, (2, g, g), generator=torch.Generator().manual_seed(0))
-    return GraphSource("image_decoder", ImageDecoderGraph(tok).eval(), (codes,), image_decoder_spec(tok.cfg),
-                       {"batch": (1, 1, BATCH_MAX)},
-                       f"NEAT-Edge MVoT image decoder: {g}x{g} VQ codes -> {image_size(tok.cfg)}x"
-                       f"{image_size(tok.cfg)} RGB pixels in [0, 1]")
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

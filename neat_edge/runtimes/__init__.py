@@ -14,7 +14,7 @@ def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=Non
     "torch" / "torch:cuda" (the bundle's PyTorch checkpoint through the same session code), "coreml"
     (or "coreml:cpu|gpu|ane", macOS) or "tensorrt" (the bundle's TensorRT engine, NVIDIA GPU).
     graph="tensorrt" with an onnxruntime backend runs the bundle's TensorRT-ready ONNX instead."""
-    from neat_edge.export.bundle import open_bundle
+    from neat_edge.bundle import open_bundle
     from neat_edge.runtimes.select import parse_backend, step_backend
 
     kind, device = parse_backend(backend)

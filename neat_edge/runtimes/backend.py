@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from neat_edge.export.spec import GraphSpec
+from neat_edge.spec import GraphSpec
 
 
 class Backend(Protocol):

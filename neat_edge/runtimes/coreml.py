@@ -11,13 +11,25 @@ Core ML keeps states in fp16, so what the session reads back is the fp16-stored 
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from neat_edge.errors import NeatError
-from neat_edge.export.spec import GraphSpec
+from neat_edge.spec import GraphSpec
+
+
+def import_coremltools():
+    logging.getLogger("coremltools").setLevel(logging.ERROR)  # "Failed to load _MLModelProxy" off macOS
+    try:
+        import coremltools as ct
+    except ImportError:
+        raise NeatError("the Core ML target needs coremltools: pip install -e \".[coreml]\"") from None
+    return ct
+
+
 
 COMPUTE_UNITS = {"all": "ALL", "cpu": "CPU_ONLY", "gpu": "CPU_AND_GPU", "ane": "CPU_AND_NE"}
 
@@ -29,8 +41,6 @@ def load_mlmodel(path: Path, device: str = "all"):
     if sys.platform != "darwin":
         raise NeatError(f"Core ML runs models only on macOS (this is {sys.platform}): convert here, "
                         "run `neat parity BUNDLE --backends coreml` on a Mac")
-    from neat_edge.export.coreml import import_coremltools
-
     ct = import_coremltools()
     try:
         return ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[device]))

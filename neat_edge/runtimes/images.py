@@ -21,8 +21,8 @@ class TorchImageDecoder:
     name = "torch"
 
     def __init__(self, tokenizer, device: str | None = None):
-        from neat_edge.export.spec import image_decoder_spec
         from neat_edge.model.vq import ImageDecoderGraph
+        from neat_edge.spec import image_decoder_spec
 
         self.spec = image_decoder_spec(tokenizer.cfg)
         self.module = ImageDecoderGraph(tokenizer).eval()
@@ -48,7 +48,7 @@ def image_decoder_backend(bundle, kind: str, device: str, graph: str | None = No
         from neat_edge.model.vq import load_tokenizer
 
         return TorchImageDecoder(load_tokenizer(bundle.checkpoint_dir, bundle.config), device)
-    from neat_edge.export.spec import GraphSpec
+    from neat_edge.spec import GraphSpec
 
     key = graph if kind == "onnxruntime" and graph else ARTIFACT[kind]
     entry = info["graphs"].get(key)

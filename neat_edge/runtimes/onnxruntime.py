@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from neat_edge.errors import NeatError
-from neat_edge.export.spec import GraphSpec
+from neat_edge.spec import GraphSpec
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider"}
 

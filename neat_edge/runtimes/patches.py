@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from neat_edge.export.spec import STATE_IN, STATE_OUT
 from neat_edge.patching import EntropyPatcher, PatcherState, ids_from_starts, segment_patches
 from neat_edge.runtimes.backend import Backend
+from neat_edge.spec import STATE_IN, STATE_OUT
 
 
 class FixedPatches:

@@ -5,7 +5,7 @@ graph and every extra graph (the entropy model's) are opened the same way, on th
 from __future__ import annotations
 
 from neat_edge.errors import NeatError
-from neat_edge.export.spec import GraphSpec
+from neat_edge.spec import GraphSpec
 
 DEVICES = {  # kind -> devices, the first is the default
     "onnxruntime": ("cpu", "cuda", "coreml"),

@@ -17,10 +17,10 @@ from safetensors.numpy import load_file, save_file
 
 from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
-from neat_edge.export.spec import STATE_IN, STATE_OUT
 from neat_edge.fileio import atomic_write
 from neat_edge.runtimes.backend import Backend
 from neat_edge.runtimes.patches import FixedPatches
+from neat_edge.spec import STATE_IN, STATE_OUT
 
 STATE_FORMAT = "neat-session-state/1"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from neat_edge.errors import NeatError
-from neat_edge.export.spec import GraphSpec
+from neat_edge.spec import GraphSpec
 
 
 def engine_path(bundle_dir: Path, entry: dict) -> Path:

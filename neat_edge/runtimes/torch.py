@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from neat_edge.errors import NeatError
-from neat_edge.export.base import StepModule
-from neat_edge.export.spec import GraphSpec, step_spec
+from neat_edge.model.graphs import StepModule
 from neat_edge.model.neat import NeatModel
+from neat_edge.spec import GraphSpec, step_spec
 
 
 class _TorchGraph:
@@ -49,7 +49,7 @@ def place(model: torch.nn.Module, device: str | None, backend) -> torch.nn.Modul
 
 
 class TorchBackend(_TorchGraph):
-    """The NEAT step graph (export.spec.step_spec); device "cuda" runs it on the GPU (torch:cuda)."""
+    """The NEAT step graph (spec.step_spec); device "cuda" runs it on the GPU (torch:cuda)."""
 
     def __init__(self, model: NeatModel, device: str | None = None):
         self.model = place(model, device, self).eval()
@@ -58,11 +58,11 @@ class TorchBackend(_TorchGraph):
 
 
 class TorchEntropyBackend(_TorchGraph):
-    """The BLT entropy model (graph spec: export.spec.entropy_spec)."""
+    """The BLT entropy model (graph spec: spec.entropy_spec)."""
 
     def __init__(self, model, device: str | None = None):
-        from neat_edge.export.base import EntropyStepModule
-        from neat_edge.export.spec import entropy_spec
+        from neat_edge.model.graphs import EntropyStepModule
+        from neat_edge.spec import entropy_spec
 
         self.spec = entropy_spec(model)
         self.module = EntropyStepModule(place(model, device, self).eval())

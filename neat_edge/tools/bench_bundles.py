@@ -16,8 +16,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from neat_edge.bundle import MANIFEST, open_bundle
 from neat_edge.errors import NeatError
-from neat_edge.export.bundle import MANIFEST, open_bundle
 
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -122,7 +122,7 @@ def bench_command(
 ):
     """Benchmark backends × precisions: size, first call, step p50/p90/p99, scoring and generation
     bytes/s, peak memory, bits/byte."""
-    from neat_edge.export.bundle import open_bundle
+    from neat_edge.bundle import open_bundle
     from neat_edge.export.verify import read_corpus
     from neat_edge.tools.bench_bundles import ONNX_PRECISIONS, BundleResolver
     from neat_edge.tools.bench_runner import BenchCase, parse_bench_backend, time_interleaved

@@ -159,7 +159,7 @@ def open_bench_session(bundle_dir: Path, backend: str, threads: int | None):
     name, compile_mode = parse_bench_backend(backend)
     session = open_session(bundle_dir, backend=name)
     if threads and name.startswith("onnxruntime"):  # the same thread count for every backend
-        from neat_edge.export.bundle import open_bundle
+        from neat_edge.bundle import open_bundle
         from neat_edge.runtimes.onnxruntime import OnnxRuntimeBackend
 
         path, spec = open_bundle(bundle_dir, verify_checksums=False).graph("onnx")
@@ -180,7 +180,7 @@ class BenchCase:
 
     def __init__(self, bundle_dir: Path, backend: str, precision: str, data: bytes, batch: int = 1,
                  threads: int | None = None, segment_len: int | None = None):
-        from neat_edge.export.bundle import open_bundle
+        from neat_edge.bundle import open_bundle
         from neat_edge.runtimes.select import parse_backend
 
         self.bundle = open_bundle(bundle_dir)

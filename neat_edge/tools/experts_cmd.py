@@ -14,8 +14,8 @@ from neat_edge.tools.common import console
 
 def open_library(target: Path):
     """The expert library of a bundle directory or of a checkpoint directory."""
+    from neat_edge.bundle import MANIFEST, open_bundle
     from neat_edge.experts import library_for_bundle, library_for_model
-    from neat_edge.export.bundle import MANIFEST, open_bundle
     from neat_edge.model.checkpoint import is_checkpoint_dir, load_checkpoint
 
     if (target / MANIFEST).is_file():

@@ -16,10 +16,10 @@ from neat_edge.tools.common import console
 
 
 def describe(target: str) -> dict:
-    from neat_edge.export.bundle import MANIFEST, open_bundle
-    from neat_edge.export.spec import step_spec
+    from neat_edge.bundle import MANIFEST, open_bundle
     from neat_edge.model.checkpoint import is_checkpoint_dir, load
     from neat_edge.model.neat import count_parameters
+    from neat_edge.spec import step_spec
 
     path = Path(target)
     if (path / MANIFEST).is_file():

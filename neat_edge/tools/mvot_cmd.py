@@ -22,7 +22,7 @@ def mvot_eval_command(
 
     from rich.progress import Progress
 
-    from neat_edge.export.bundle import open_bundle
+    from neat_edge.bundle import open_bundle
     from neat_edge.model.vq import load_tokenizer
     from neat_edge.runtimes import open_session
     from neat_edge.training.mvot_eval import evaluate_session

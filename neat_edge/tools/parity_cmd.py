@@ -27,7 +27,7 @@ def parity_command(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Compare backends against the PyTorch reference over chained segments with state carried."""
-    from neat_edge.export.bundle import open_bundle
+    from neat_edge.bundle import open_bundle
     from neat_edge.export.verify import backend_passed, parity_report, read_corpus
     from neat_edge.runtimes import open_session
     from neat_edge.runtimes.select import available_backends, graph_precision, parse_backend

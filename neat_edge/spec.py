@@ -1,14 +1,17 @@
 """GraphSpec: *what* an exported graph takes and returns — separate from how each target builds it.
 
-The spec is the contract between model, exporters and runtimes: input/output names, dtypes, shapes
-with named dynamic axes, and which input/output pairs carry state from one step to the next.
+The spec is the contract between model, exporters and runtimes, and imports none of them: input/output
+names, dtypes, shapes with named dynamic axes, and which input/output pairs carry state from one step to
+the next.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from neat_edge.model.neat import NeatModel
+if TYPE_CHECKING:  # the spec sits below model, export and runtimes: it imports none of them
+    from neat_edge.model.neat import NeatModel
 
 STATE_IN, STATE_OUT = "state.", "next_state."
 
@@ -111,9 +114,7 @@ def entropy_spec(model) -> GraphSpec:
 
 def image_decoder_spec(cfg) -> GraphSpec:
     """MVoT: the VQ tokenizer's decoder as its own stateless graph (codes -> pixels)."""
-    from neat_edge.model.vq import image_size
-
-    g, size = cfg.image_grid, image_size(cfg)
+    g, size = cfg.image_grid, cfg.image_size
     return GraphSpec("image_decoder",
                      (TensorSpec("image_codes", "int64", ("batch", g, g), "VQ codes of one image, row-major grid"),),
                      (TensorSpec("pixels", "float32", ("batch", size, size, 3), "RGB in [0, 1], channel-last"),))
