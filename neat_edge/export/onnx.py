@@ -63,8 +63,25 @@ def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, dynamic_
     program = _torch_onnx_export(module.eval(), args, spec, dynamic_shapes)
     program.save(str(path))
     graph = onnx.load(str(path))
+    narrowed = drop_unused_inputs(graph, spec)
     _save(graph, path, "fp32")
-    return _entry(graph, path, "fp32")
+    return {**_entry(graph, path, "fp32"), **narrowed}
+
+
+def drop_unused_inputs(graph: onnx.ModelProto, spec: GraphSpec) -> dict:
+    """Remove graph inputs no node reads (a decode graph's spec lists what any memory variant may need):
+    runtimes then feed only what the graph uses, and TensorRT, which drops unused inputs from an engine,
+    sees the same inputs as every other target. Returns the narrowed spec ({} when nothing was dropped)."""
+    read = {i for n in graph.graph.node for i in n.input} | {o.name for o in graph.graph.output}
+    unused = [i for i in graph.graph.input if i.name not in read]
+    if not unused:
+        return {}
+    for i in unused:
+        graph.graph.input.remove(i)
+    names = {i.name for i in unused}
+    kept = GraphSpec(spec.name, tuple(t for t in spec.inputs if t.name not in names), spec.outputs,
+                     tuple((i, o) for i, o in spec.state if i not in names))
+    return {k: v for k, v in kept.to_dict().items() if k in ("inputs", "state")}
 
 
 def strict_onnx_program(source: GraphSource):

@@ -13,6 +13,8 @@ which slice of `svf_z` belongs to which layer: expert files store z per layer by
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import torch
@@ -71,6 +73,9 @@ class SVFLinear(nn.Module):
         return (self.U * s) @ self.V.T
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        folded = _FOLDED.get()
+        if folded is not None and self in folded:  # use_folded: one GEMM with U diag(σ ⊙ z) Vᵀ built once
+            return torch.nn.functional.linear(x, folded[self], self.bias)
         if not self.is_svf:
             y = x @ self.weight.T
         else:
@@ -78,6 +83,20 @@ class SVFLinear(nn.Module):
             # Two thin matmuls instead of rebuilding W: (x V) scaled by σ ⊙ z, then times Uᵀ.
             y = ((x @ self.V) * s) @ self.U.T
         return y if self.bias is None else y + self.bias
+
+
+# Dense weights U diag(σ ⊙ z) Vᵀ for one fixed z, per layer, while a use_folded block runs (this thread):
+# the decode graphs take them as inputs (model/graphs.py DecodeSvfGraph says why).
+_FOLDED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("neat_svf_folded", default=None)
+
+
+@contextlib.contextmanager
+def use_folded(weights: dict):
+    token = _FOLDED.set(weights)
+    try:
+        yield
+    finally:
+        _FOLDED.reset(token)
 
 
 def svf_layers(model: nn.Module) -> list[tuple[str, SVFLinear]]:

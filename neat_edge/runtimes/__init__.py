@@ -20,8 +20,9 @@ def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=Non
     kind, device = parse_backend(backend)
     bundle = open_bundle(bundle_dir)
     impl = step_backend(bundle, kind, device, graph)
-    session = Session(impl, bundle.config, bundle.initial_state(), svf_z=svf_z,
-                      patches=_bundle_patches(bundle, kind, device, graph))
+    patches = _bundle_patches(bundle, kind, device, graph)
+    session = Session(impl, bundle.config, bundle.initial_state(), svf_z=svf_z, patches=patches,
+                      decode=decode_backends(bundle, kind, device, graph, impl, patches))
     from neat_edge.experts import library_for_bundle
 
     session.experts = library_for_bundle(bundle)  # experts/ is read now: a file copied in is found
@@ -29,6 +30,20 @@ def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=Non
 
     session.image_decoder = image_decoder_backend(bundle, kind, device, graph)  # MVoT: codes -> pixels
     return session
+
+
+def decode_backends(bundle, kind: str, device: str, graph: str | None, step, patches):
+    """The bundle's decode graphs on this backend kind (runtimes/decoding.py), or None when the bundle
+    has none for it (generation then re-runs the step graph per byte). torch: from the model the step
+    backend already holds."""
+    if kind == "torch":
+        from neat_edge.runtimes.torch import torch_decode_graphs
+
+        entropy = getattr(getattr(patches, "backend", None), "module", None)
+        return torch_decode_graphs(step.model, entropy.model if entropy is not None else None, step.name)
+    from neat_edge.runtimes.select import decode_graphs
+
+    return decode_graphs(bundle, kind, device, graph)
 
 
 def _bundle_patches(bundle, kind: str, device: str, graph: str | None = None):
@@ -64,7 +79,10 @@ def open_model_session(model, svf_z=None, patching=None, experts_dir=None) -> Se
         context = entropy_model.initial_state(1)["byte_context"].cpu().numpy()
         patches = EntropyPatches(TorchEntropyBackend(entropy_model), context, patcher)
     init = {k: v.cpu().numpy() for k, v in model.initial_state(1).items()}
-    session = Session(TorchBackend(model), model.cfg, init, svf_z=svf_z, patches=patches)
+    from neat_edge.runtimes.torch import torch_decode_graphs
+
+    decode = torch_decode_graphs(model, patching[0] if patches is not None else None)
+    session = Session(TorchBackend(model), model.cfg, init, svf_z=svf_z, patches=patches, decode=decode)
     from neat_edge.experts import library_for_model
 
     session.experts = library_for_model(model, experts_dir)

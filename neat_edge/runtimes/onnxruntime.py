@@ -29,7 +29,25 @@ class OnnxRuntimeBackend:
             raise NeatError(f"ONNX Runtime cannot load {graph_path}: {str(exc).splitlines()[0]}") from None
         self.name = "onnxruntime" if device == "cpu" else f"onnxruntime:{device}"
         self.spec = spec
+        self.device = "cuda" if device == "cuda" else "cpu"  # where step_native keeps what it returns
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.spec.output_names, feeds)
         return dict(zip(self.spec.output_names, outputs))
+
+    def step_native(self, feeds: dict, keep) -> dict:
+        """step() through IO binding: inputs may be OrtValues (a previous step's outputs, never copied),
+        and the outputs named in `keep` come back as OrtValues on the backend's device (decode caches:
+        passed to the next step as they are) instead of numpy copies. The rest come back as numpy."""
+        io = self.session.io_binding()
+        for name in self.spec.input_names:
+            value = feeds[name]
+            if isinstance(value, ort.OrtValue):
+                io.bind_ortvalue_input(name, value)
+            else:
+                io.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.spec.output_names:
+            io.bind_output(name, self.device)
+        self.session.run_with_iobinding(io)
+        return {name: value if name in keep else value.numpy()
+                for name, value in zip(self.spec.output_names, io.get_outputs())}

@@ -120,3 +120,23 @@ def available_backends(bundle) -> tuple[list[str], dict[str, str]]:
                            "no CUDA GPU" if not torch.cuda.is_available() else
                            None if (bundle.path / trt["engine"]).is_file() else "no engine built yet")
     return [n for n, why in reasons.items() if why is None], {n: why for n, why in reasons.items() if why}
+
+
+def decode_graphs(bundle, kind: str, device: str, graph: str | None = None):
+    """The bundle's decode graphs (and its entropy model's, and the image head) as Backends of `kind`,
+    or None when the bundle has none for that artifact (exported before incremental decoding)."""
+    from neat_edge.runtimes.decoding import DecodeGraphs
+
+    key = _artifact(kind, graph)
+    decode = (bundle.manifest.get("decode") or {}).get("graphs", {}).get(key)
+    if not decode:
+        return None
+
+    def open_all(entries: dict) -> dict:
+        return {name: _open(kind, device, bundle.path / e["file"], GraphSpec.from_dict(e), e) for name, e in entries.items()}
+
+    entries = dict(decode)
+    head = entries.pop("decode_image_head", None)
+    entropy = {n: entries.pop(n) for n in list(entries) if n.startswith("entropy_")}
+    return DecodeGraphs(open_all(entries), open_all(entropy) if entropy else None,
+                        open_all({"decode_image_head": head})["decode_image_head"] if head else None)

@@ -66,3 +66,33 @@ class TorchEntropyBackend(_TorchGraph):
 
         self.spec = entropy_spec(model)
         self.module = EntropyStepModule(place(model, device, self).eval())
+
+
+class TorchModuleGraph(_TorchGraph):
+    """Any flat-tensor graph module of a model already placed on its device (the decode graphs)."""
+
+    def __init__(self, module: torch.nn.Module, spec: GraphSpec, name: str = "torch"):
+        self.module, self.spec, self.name = module.eval(), spec, name
+
+
+def torch_decode_graphs(model: NeatModel, entropy_model=None, name: str = "torch"):
+    """The decode graphs of an in-memory model (and its entropy model) as Backends, on the model's device."""
+    from neat_edge.model.graphs import (
+        DecodeGraph,
+        DecodeSvfGraph,
+        EntropyDecodeGraph,
+        ImageHeadGraph,
+        decode_specs,
+        entropy_decode_specs,
+        image_head_spec,
+    )
+    from neat_edge.runtimes.decoding import DecodeGraphs
+
+    graphs = {n: TorchModuleGraph((DecodeSvfGraph if n == "decode_svf" else DecodeGraph)(model, spec), spec, name)
+              for n, spec in decode_specs(model).items()}
+    entropy = None
+    if entropy_model is not None:
+        entropy = {n: TorchModuleGraph(EntropyDecodeGraph(entropy_model, spec), spec, name)
+                   for n, spec in entropy_decode_specs(entropy_model).items()}
+    head = TorchModuleGraph(ImageHeadGraph(model), image_head_spec(model), name)
+    return DecodeGraphs(graphs, entropy, head)
