@@ -145,6 +145,18 @@ CACHE_DOCS = {
 }
 
 
+def cache_from_state(name: str) -> str | None:
+    """The state tensor a decode cache starts each segment from, when it is one (the runtime copies it;
+    no graph outputs an input unchanged): a latent layer's convolution histories continue the committed
+    ones, and the chunk-start memory (memory_chunks > 1) starts as the segment-start memory."""
+    parts = name.split(".")
+    if parts[0] == "latent" and parts[2].startswith("conv_"):
+        return f"memory.{parts[1]}.{parts[2]}"
+    if parts[0] == "chunk":
+        return "memory." + ".".join(parts[1:])
+    return None
+
+
 def cache_group(name: str) -> str:
     """enc (encoder window), dec (decoder self-attention), cross (latents the decoder reads), latent
     (per latent layer), chunk (chunk-start memory): which graphs read and write a cache."""

@@ -11,7 +11,7 @@ from neat_edge.export.pipeline import export_bundle
 from neat_edge.model.checkpoint import build
 from neat_edge.model.decode import IncrementalDecoder, chunk_span
 from neat_edge.model.entropy import EntropyConfig, build_entropy_model, default_patching
-from neat_edge.model.svf import convert_to_svf
+from neat_edge.model.svf import convert_to_svf, svf_layers
 from neat_edge.patching import segment_patches
 from neat_edge.runtimes import open_model_session, open_session
 
@@ -39,11 +39,10 @@ def randomized(cfg: NeatConfig):
 def decode_segments(model, data: torch.Tensor):
     """Teacher-forced incremental decoding of fixed-patch segments: log-prob rows and committed states."""
     cfg, dec = model.cfg, IncrementalDecoder(model)
-    layers = {n: m for n, m in model.named_modules() if hasattr(m, "dense_weight") and m.is_svf}
-    from neat_edge.model.svf import use_folded
-
-    z, state, rows, states = model.default_svf_z(), model.initial_state(data.shape[0]), [], []
-    with torch.no_grad(), use_folded({m: m.dense_weight(z) for m in layers.values()}):
+    z = model.default_svf_z()
+    z = {name: layer.dense_weight(z) for name, layer in svf_layers(model)}  # what decode_svf gives the graphs
+    state, rows, states = model.initial_state(data.shape[0]), [], []
+    with torch.no_grad():
         for s in range(data.shape[1] // cfg.segment_len):
             seg = data[:, s * cfg.segment_len : (s + 1) * cfg.segment_len]
             lp, _, cache = dec.start(state, z)

@@ -41,12 +41,15 @@ def _torch_onnx_export(model, args: tuple, spec: GraphSpec, dynamic_shapes):
             raise NeatError(f"ONNX export of graph '{spec.name}' failed: {str(exc).splitlines()[0]}") from exc
 
 
-def _entry(graph: onnx.ModelProto, path: Path, precision: str, **extra) -> dict:
+def _entry(graph: onnx.ModelProto, path: Path, precision: str, spec: GraphSpec | None = None, **extra) -> dict:
+    """The manifest entry of a saved graph; with `spec`, narrowed to the inputs the graph kept."""
     return {"file": path.name, "target": "onnx", "precision": precision, "opset": OPSET,
-            "nodes": len(graph.graph.node), "ops": sorted({n.op_type for n in graph.graph.node}), **extra}
+            "nodes": len(graph.graph.node), "ops": sorted({n.op_type for n in graph.graph.node}), **extra,
+            **(spec_for_graph(graph, spec) if spec is not None else {})}
 
 
 def _save(graph: onnx.ModelProto, path: Path, precision: str) -> None:
+    drop_unused_inputs(graph)
     onnx.helper.set_model_props(graph, {PRECISION_KEY: precision})
     onnx.save(graph, str(path))
     onnx.checker.check_model(str(path))
@@ -63,25 +66,25 @@ def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, dynamic_
     program = _torch_onnx_export(module.eval(), args, spec, dynamic_shapes)
     program.save(str(path))
     graph = onnx.load(str(path))
-    narrowed = drop_unused_inputs(graph, spec)
     _save(graph, path, "fp32")
-    return {**_entry(graph, path, "fp32"), **narrowed}
+    return _entry(graph, path, "fp32", spec)
 
 
-def drop_unused_inputs(graph: onnx.ModelProto, spec: GraphSpec) -> dict:
+def drop_unused_inputs(graph: onnx.ModelProto) -> None:
     """Remove graph inputs no node reads (a decode graph's spec lists what any memory variant may need):
     runtimes then feed only what the graph uses, and TensorRT, which drops unused inputs from an engine,
-    sees the same inputs as every other target. Returns the narrowed spec ({} when nothing was dropped)."""
+    sees the same inputs as every other target."""
     read = {i for n in graph.graph.node for i in n.input} | {o.name for o in graph.graph.output}
-    unused = [i for i in graph.graph.input if i.name not in read]
-    if not unused:
-        return {}
-    for i in unused:
+    for i in [i for i in graph.graph.input if i.name not in read]:
         graph.graph.input.remove(i)
-    names = {i.name for i in unused}
-    kept = GraphSpec(spec.name, tuple(t for t in spec.inputs if t.name not in names), spec.outputs,
-                     tuple((i, o) for i, o in spec.state if i not in names))
-    return {k: v for k, v in kept.to_dict().items() if k in ("inputs", "state")}
+
+
+def spec_for_graph(graph: onnx.ModelProto, spec: GraphSpec) -> dict:
+    """The spec's inputs and state pairs restricted to the inputs `graph` has (its manifest entry)."""
+    names = {i.name for i in graph.graph.input}
+    kept = GraphSpec(spec.name, tuple(t for t in spec.inputs if t.name in names), spec.outputs,
+                     tuple((i, o) for i, o in spec.state if i in names))
+    return {"inputs": kept.to_dict()["inputs"], "state": kept.to_dict()["state"]}
 
 
 def strict_onnx_program(source: GraphSource):
@@ -102,7 +105,7 @@ def export_fp16_graph(source: GraphSource, path: Path) -> dict:
         half = convert_float_to_float16(graph, keep_io_types=True, node_block_list=keep)
     half = _tidy_fp16(half)
     _save(half, path, "fp16")
-    return _entry(half, path, "fp16", fp32_memory_nodes=len(keep))
+    return _entry(half, path, "fp16", source.spec, fp32_memory_nodes=len(keep))
 
 
 def _tidy_fp16(half: onnx.ModelProto) -> onnx.ModelProto:

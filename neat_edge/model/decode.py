@@ -30,6 +30,7 @@ import torch
 from neat_edge.config import NeatConfig
 from neat_edge.model.layers import write_slot
 from neat_edge.model.neat import layer_state_name
+from neat_edge.spec import cache_from_state
 
 CACHE, NEXT_CACHE = "cache.", "next_cache."
 
@@ -70,6 +71,13 @@ def cache_layout(model) -> dict[str, tuple[tuple, str]]:
                 layout.update({f"chunk.{i}.{kind}.{l}": ((mem.heads, o, n), "float32")
                                for kind in ("weight", "momentum")})
     return layout
+
+
+def caches_from_state(cache: dict, state: dict) -> dict:
+    """The caches a segment starts with a copy of the committed state (spec.cache_from_state), of the
+    state tensors given (the decode_start graph is given none of them: the runtime copies them)."""
+    sources = {name: cache_from_state(name) for name in cache}  # (no walrus: TorchDynamo rejects it here)
+    return {name: state[source].clone() for name, source in sources.items() if source in state}
 
 
 class IncrementalDecoder:
@@ -176,13 +184,7 @@ class IncrementalDecoder:
             n = cache[f"dec.{l}.cross_k"].shape[2] - 1
             cache[f"dec.{l}.cross_k"] = torch.nn.functional.pad(k, (0, 0, 0, n))
             cache[f"dec.{l}.cross_v"] = torch.nn.functional.pad(v, (0, 0, 0, n))
-        for i, layer in enumerate(model.latent.layers):
-            for stream in layer.conv_streams:
-                cache[f"latent.{i}.{stream}"] = state[f"memory.{i}.{stream}"]
-            if cfg.memory_chunks > 1:
-                for l in range(layer.memory.depth):
-                    for kind in ("weight", "momentum"):
-                        cache[f"chunk.{i}.{kind}.{l}"] = state[f"memory.{i}.{kind}.{l}"]
+        cache.update(caches_from_state(cache, state))
         zero = torch.zeros(batch, dtype=torch.long, device=ref.device)
         logprobs, hidden = self._decode(x[:, w - 1 :], zero, zero + 1, cache, z)
         return logprobs, hidden, cache
@@ -208,7 +210,9 @@ class IncrementalDecoder:
         _, cache = self._encode(token, position, cache, z)
         latent = self._latent(position, patch, patch_start, state, cache, z, cross=False)
         span = chunk_span(self.cfg)
-        first = (patch // span) * span  # the last chunk: the earlier ones were written by chunk()
+        # the last chunk (chunk() wrote the earlier ones); patch >= 0, so a truncating division (floor
+        # division exports a sign fix-up on booleans, which TensorRT lacks)
+        first = torch.div(patch, span, rounding_mode="trunc") * span
         new = {"byte_context": cache["tokens"][:, cache["tokens"].shape[1] - self.cfg.context_len:],
                "latent_carry": latent[:, 0]}
         for i, layer in enumerate(self.model.latent.layers):

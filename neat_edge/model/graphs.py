@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from neat_edge.model.neat import NeatModel
-from neat_edge.model.svf import svf_layers, use_folded
+from neat_edge.model.svf import svf_layers
 from neat_edge.spec import (
     CACHE_IN,
     CACHE_OUT,
@@ -16,6 +16,7 @@ from neat_edge.spec import (
     SVF_IN,
     GraphSpec,
     TensorSpec,
+    cache_from_state,
     cache_group,
     cache_specs,
     decode_input,
@@ -55,8 +56,7 @@ class EntropyStepModule(torch.nn.Module):
 def _reads_state(graph: str, cfg):
     memory = lambda n: n.startswith("memory.") and (".weight." in n or ".momentum." in n)  # noqa: E731
     return {
-        "decode_start": lambda n: n in ("byte_context", "latent_carry") or ".conv_" in n
-        or (cfg.memory_chunks > 1 and memory(n)),
+        "decode_start": lambda n: n in ("byte_context", "latent_carry"),
         "decode_byte": lambda n: False,
         "decode_patch": lambda n: (n.startswith("memory.") and ".weight." in n) or n.startswith("window."),
         "decode_commit": lambda n: memory(n) or n.startswith("window."),
@@ -107,7 +107,9 @@ def decode_specs(model: NeatModel) -> dict[str, GraphSpec]:
         outputs = [] if graph in ("decode_commit", "decode_chunk") else list(head)
         if graph == "decode_commit":
             outputs += [_renamed(states[n], STATE_OUT + n) for n in states]
-        outputs += [_renamed(caches[n], CACHE_OUT + n) for n in caches if cache_group(n) in writes]
+        # decode_start leaves out the caches a segment starts as copies of the state (cache_from_state)
+        outputs += [_renamed(caches[n], CACHE_OUT + n) for n in caches if cache_group(n) in writes
+                    and not (graph == "decode_start" and cache_from_state(n))]
         pairs = tuple((CACHE_IN + n, CACHE_OUT + n) for n in caches if cache_group(n) in writes and n in read)
         specs[graph] = GraphSpec(graph, tuple(inputs), tuple(outputs), pairs)
     specs["decode_svf"] = GraphSpec("decode_svf", (TensorSpec("svf_z", "float32", (model.svf_rank,),
@@ -144,18 +146,14 @@ class DecodeGraph(torch.nn.Module):
         from neat_edge.model.decode import IncrementalDecoder
 
         self.model, self.spec, self.decoder = model, spec, IncrementalDecoder(model)
-        layers = dict(svf_layers(model))
-        self.svf_inputs = {n: layers[n[len(SVF_IN):]] for n in spec.input_names if n.startswith(SVF_IN)}
 
     def forward(self, *args):
         named = dict(zip(self.spec.input_names, args))
-        with use_folded({layer: named[n] for n, layer in self.svf_inputs.items()}):
-            return self._run(named)
-
-    def _run(self, named: dict):
         state = {n[len(STATE_IN):]: v for n, v in named.items() if n.startswith(STATE_IN)}
         cache = {n[len(CACHE_IN):]: v for n, v in named.items() if n.startswith(CACHE_IN)}
-        z, dec, graph = None, self.decoder, self.spec.name  # SVF layers read their folded weights
+        # z is the SVF layers' dense weights for the current svf_z, by layer name (SVFLinear.forward)
+        z = {n[len(SVF_IN):]: v for n, v in named.items() if n.startswith(SVF_IN)}
+        dec, graph = self.decoder, self.spec.name
         steps = [named.get(n) for n in ("token", "position", "patch")]
         if graph == "decode_start":
             logprobs, hidden, new = dec.start(state, z)

@@ -13,8 +13,6 @@ which slice of `svf_z` belongs to which layer: expert files store z per layer by
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 
 import torch
@@ -34,6 +32,7 @@ class SVFLinear(nn.Module):
             nn.init.normal_(self.weight, std=in_features**-0.5)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.offset = 0  # position of this layer's slice in svf_z, assigned by assign_svf_offsets
+        self.svf_name = ""  # its name in the model (svf_layout), assigned there too
         self.rank = min(in_features, out_features)
         self.is_svf = False
 
@@ -72,10 +71,9 @@ class SVFLinear(nn.Module):
         s = self.S if z is None else self.S * z[self.offset : self.offset + self.rank]
         return (self.U * s) @ self.V.T
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        folded = _FOLDED.get()
-        if folded is not None and self in folded:  # use_folded: one GEMM with U diag(σ ⊙ z) Vᵀ built once
-            return torch.nn.functional.linear(x, folded[self], self.bias)
+    def forward(self, x: torch.Tensor, z: torch.Tensor | dict | None = None) -> torch.Tensor:
+        if isinstance(z, dict):  # the decode graphs: dense weights built once per z, by layer name
+            return torch.nn.functional.linear(x, z[self.svf_name], self.bias)  # (model/graphs.py DecodeSvfGraph)
         if not self.is_svf:
             y = x @ self.weight.T
         else:
@@ -85,20 +83,6 @@ class SVFLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-# Dense weights U diag(σ ⊙ z) Vᵀ for one fixed z, per layer, while a use_folded block runs (this thread):
-# the decode graphs take them as inputs (model/graphs.py DecodeSvfGraph says why).
-_FOLDED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("neat_svf_folded", default=None)
-
-
-@contextlib.contextmanager
-def use_folded(weights: dict):
-    token = _FOLDED.set(weights)
-    try:
-        yield
-    finally:
-        _FOLDED.reset(token)
-
-
 def svf_layers(model: nn.Module) -> list[tuple[str, SVFLinear]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SVFLinear)]
 
@@ -106,8 +90,8 @@ def svf_layers(model: nn.Module) -> list[tuple[str, SVFLinear]]:
 def assign_svf_offsets(model: nn.Module) -> int:
     """Lay out every SVF layer's z slice in one vector (module order); returns its total length."""
     offset = 0
-    for _, layer in svf_layers(model):
-        layer.offset = offset
+    for name, layer in svf_layers(model):
+        layer.offset, layer.svf_name = offset, name
         offset += layer.rank
     return offset
 

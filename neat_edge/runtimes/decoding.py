@@ -18,7 +18,7 @@ import numpy as np
 
 from neat_edge.config import NeatConfig
 from neat_edge.patching import EntropyPatcher, PatcherState
-from neat_edge.spec import CACHE_IN, CACHE_OUT, STATE_IN, STATE_OUT, SVF_IN
+from neat_edge.spec import CACHE_IN, CACHE_OUT, STATE_IN, STATE_OUT, SVF_IN, cache_from_state
 
 
 class DecodeGraphs:
@@ -27,6 +27,9 @@ class DecodeGraphs:
 
     def __init__(self, graphs: dict, entropy: dict | None = None, image_head=None):
         self.graphs, self.entropy, self.image_head = graphs, entropy or {}, image_head
+        # every cache a decode graph takes (decode_start makes the rest; cache_from_state says which)
+        self.cache_names = sorted({n[len(CACHE_IN):] for g in graphs.values() for n in g.spec.input_names
+                                   if n.startswith(CACHE_IN)})
 
     def run(self, name: str, feeds: dict) -> dict:
         """Run graph `name` on the feeds it takes. A backend that can keep values in its own form between
@@ -81,6 +84,8 @@ class Decoder:
 
     def _take(self, out: dict) -> None:
         self.cache = {k[len(CACHE_OUT):]: v for k, v in out.items() if k.startswith(CACHE_OUT)}
+        self.cache.update({name: np.array(self.state[source]) for name in self.graphs.cache_names
+                           if (source := cache_from_state(name))})  # a copy: the state stays the committed one
         self.logprobs, self.hidden = out["byte_logprobs"], out["hidden"]
 
     def _update(self, out: dict) -> None:

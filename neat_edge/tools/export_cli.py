@@ -65,6 +65,9 @@ def export_command(
         for name, why in parity.get("skipped", {}).items():
             console.print(f"parity {name}: not run here — {why}")
     for stem, report in manifest.get("calibration", {}).get("graphs", {}).items():
+        if "accuracy" not in report:  # a decode graph: its accuracy is the decode parity above
+            console.print(f"int8 {stem}: {report['quantized_matmuls']} MatMuls int8 ({report.get('precision')})")
+            continue
         acc = report["accuracy"]
         console.print(f"int8 {stem}: {report['quantized_matmuls']} MatMuls int8 on {report['calibration_samples']} "
                       f"calibration segments; bits/byte {acc['bits_per_byte']:.4f} vs fp32 {acc['bits_per_byte_fp32']:.4f} "
