@@ -14,12 +14,13 @@ import torch
 from neat_edge.model.titans import NeuralMemory
 
 SIZES = {"tiny": (160, 2, 32), "small": (384, 4, 64)}  # d_model, memory heads, patches per segment
-ARMS = (("titans, depth 2", "titans", 2), ("titans, depth 1", "titans", 1), ("delta, depth 1", "delta", 1))
+ARMS = (("titans, depth 2", "titans", "sum", 2), ("titans, depth 1", "titans", "sum", 1),
+        ("delta, depth 1", "delta", "sum", 1), ("titans, depth 2, newton_schulz", "titans", "newton_schulz", 2))
 
 
-def time_write(dim, heads, patches, batch, rule, depth, repeats):
+def time_write(dim, heads, patches, batch, rule, step, depth, repeats):
     torch.manual_seed(0)
-    mem = NeuralMemory(dim, heads=heads, depth=depth, chunk_size=patches, rule=rule)
+    mem = NeuralMemory(dim, heads=heads, depth=depth, chunk_size=patches, rule=rule, step=step)
     x = torch.randn(batch, patches, dim)
 
     def once():
@@ -44,10 +45,10 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print("| size | batch | " + " | ".join(f"{name} ms" for name, _, _ in ARMS) + " | delta / titans depth 2, depth 1 |")
+    print("| size | batch | " + " | ".join(f"{arm[0]} ms" for arm in ARMS) + " | delta / titans depth 2, depth 1 |")
     print("| --- " * (len(ARMS) + 3) + "|")
     for size, (dim, heads, patches) in SIZES.items():
-        ms = [time_write(dim, heads, patches, args.batch, rule, depth, args.repeats) for _, rule, depth in ARMS]
+        ms = [time_write(dim, heads, patches, args.batch, *arm[1:], args.repeats) for arm in ARMS]
         cells = " | ".join(f"{m:.2f}" for m in ms)
         print(f"| {size} | {args.batch} | {cells} | {ms[2] / ms[0]:.2f}x, {ms[2] / ms[1]:.2f}x |")
 

@@ -182,3 +182,20 @@ def test_delta_memory_carries_information_across_segments(corpus):
     b.score(corpus[:256])
     b.reset_memory()
     assert abs(a.score(corpus[256:288]) - b.score(corpus[256:288])).max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule_depth", [("delta", 1), ("titans", 2)])
+def test_fp16_export_with_several_memory_chunks(rule_depth, tmp_path):
+    """fp16 goes through strict torch.export: the chunk padding and the read slice must add no guard on
+    the dynamic patch axis (padding by concatenate-then-slice), with either rule."""
+    import dataclasses
+
+    from neat_edge.export.pipeline import export_bundle
+    from tests.test_variants import micro, randomized
+
+    rule, depth = rule_depth
+    model = randomized(dataclasses.replace(micro("mac", chunks=2), memory_rule=rule, memory_depth=depth))
+    manifest = export_bundle(model, tmp_path / rule, precision="fp16", segments=40, log=lambda *_: None)
+    assert manifest["parity"]["passed"]
+    assert abs(manifest["parity"]["backends"]["onnxruntime"]["bits_per_byte_delta"]) <= 0.01

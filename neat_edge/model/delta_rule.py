@@ -41,6 +41,14 @@ def padded_length(tokens: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(tokens, 1))))
 
 
+def pad_tokens(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """x padded with zeros (masked tokens) to `length` along dim. Written as concatenate-then-slice rather
+    than F.pad(length − size): under torch.export a dynamic size stays free of a `size <= length` guard,
+    which would contradict the graph's declared axis range (the caller guarantees size <= length)."""
+    zeros = x.new_zeros(*x.shape[:dim % x.dim()], length, *x.shape[dim % x.dim() + 1 :])
+    return torch.cat([x, zeros], dim=dim).narrow(dim, 0, length)
+
+
 def unit_lower_inverse(a: torch.Tensor) -> torch.Tensor:
     """(I + A)⁻¹ for A [..., P, P] strictly lower triangular, P a power of two, by matmuls only.
 
@@ -76,9 +84,8 @@ def delta_chunk(w0: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch
     beta [B,H,C], both already zero on masked tokens. capacity: a static bound on C (the chunk length
     may be a dynamic axis under export); the chunk is padded to padded_length(capacity) tokens."""
     size = padded_length(capacity)
-    pad = size - k.shape[2]
-    k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (k, v))
-    log_g, beta = (torch.nn.functional.pad(x, (0, pad)) for x in (log_g, beta))
+    k, v = (pad_tokens(x, size, 2) for x in (k, v))
+    log_g, beta = (pad_tokens(x, size, -1) for x in (log_g, beta))
     gamma = torch.cumsum(log_g, dim=-1)  # γ_t: decay from the chunk start through token t
     strict = torch.ones(size, size, dtype=torch.bool, device=k.device).tril(-1)
     decay = gamma.unsqueeze(-1) - gamma.unsqueeze(-2)  # γ_t − γ_j ≤ 0 where j < t

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neat_edge.model.delta_rule import delta_chunk
+from neat_edge.model.delta_rule import delta_chunk, pad_tokens
 from neat_edge.model.layers import RMSNorm
 
 MemoryState = dict[str, list[torch.Tensor]]
@@ -225,18 +225,18 @@ class NeuralMemory(nn.Module):
                 k, v, alpha, theta, eta, q, mask = (None if x is None else x.float()
                                                     for x in (k, v, alpha, theta, eta, q, mask))
                 return self.scan(state, k, v, alpha, theta, eta, q, mask, n_chunks)
-        t = k.shape[2]
+        t, query = k.shape[2], q
         size = t
         if n_chunks > 1:
             size = self.chunk_size
             mask = torch.ones_like(alpha) if mask is None else mask  # padding needs one
-            pad = n_chunks * size - t  # symbolic under export; F.pad keeps the rank static
-            k, v = (F.pad(x, (0, 0, 0, pad)) for x in (k, v))
-            q = None if q is None else F.pad(q, (0, 0, 0, pad))
-            alpha, theta, eta, mask = (F.pad(g, (0, pad)) for g in (alpha, theta, eta, mask))
-        # A static bound on the chunk length for the delta rule's padding (t is symbolic under export; the
-        # graph's patch axis never exceeds chunk_size · n_chunks).
-        capacity = size if isinstance(size, int) else self.chunk_size
+            total = n_chunks * size  # static; pad_tokens adds no guard on the symbolic t under export
+            k, v = (pad_tokens(x, total, 2) for x in (k, v))
+            q = None if q is None else pad_tokens(q, total, 2)
+            alpha, theta, eta, mask = (pad_tokens(g, total, -1) for g in (alpha, theta, eta, mask))
+        # A static bound on the chunk length for the delta rule's padding: under export or compilation t is
+        # symbolic (the graph's patches never exceed chunk_size · n_chunks); eagerly it is the length itself.
+        capacity = size if isinstance(size, int) and not torch.compiler.is_compiling() else self.chunk_size
         reads = []
         for c in range(n_chunks):
             sl = slice(c * size, (c + 1) * size)
@@ -244,8 +244,10 @@ class NeuralMemory(nn.Module):
                                                 eta[..., sl], None if q is None else q[:, :, sl],
                                                 None if mask is None else mask[..., sl], capacity)
             reads.append(read)
-        read = None if q is None else torch.cat(reads, dim=2)[:, :, :t]
-        return state, read
+        if q is None or n_chunks == 1:
+            return state, reads[0]
+        # the first t reads; t appended zeros keep the slice free of a `t <= n_chunks·size` guard under export
+        return state, torch.cat([*reads, torch.zeros_like(query)], dim=2)[:, :, :t]
 
     def _read_and_update(self, state: MemoryState, k, v, alpha, theta, eta, q, mask=None, capacity=None):
         """One chunk in closed form (Eq 16-18), plus (when q is given) the retrieval M*(q) at the same
