@@ -39,3 +39,36 @@ def test_an_association_outlives_later_writes_only_where_the_gate_writes_little(
     4-byte patches) erase a pair written at β = 1, the same writes at β = 0.02 leave it."""
     assert survival(320, 1.0, D) > 0.9
     assert survival(320, 0.02, D) < 0.05
+
+
+def test_the_titans_steps_are_what_they_say():
+    """mean = sum with θ divided by the chunk's real tokens; huber = sum while every error is below its
+    cap; newton_schulz = the update with equal-ish singular values and the same Frobenius norm."""
+    import torch
+
+    from neat_edge.model.titans import NeuralMemory, newton_schulz
+
+    gen = torch.Generator().manual_seed(0)
+    mems = {}
+    for step in ("sum", "mean", "huber"):
+        torch.manual_seed(0)
+        mems[step] = NeuralMemory(16, heads=1, depth=2, chunk_size=12, step=step).double()
+    state = mems["sum"].init_state(1)
+    k, v, _ = mems["sum"].project(torch.randn(1, 12, 16, generator=gen, dtype=torch.float64))
+    k, v = k.detach(), 0.05 * v.detach()  # small values: every error is below the Huber cap
+    alpha, theta, eta = (torch.rand(1, 1, 12, generator=gen, dtype=torch.float64) * s for s in (0.1, 0.1, 0.9))
+    mask = torch.ones(1, 1, 12, dtype=torch.float64)
+    mask[..., 9:] = 0
+    ref = mems["sum"].update(state, k, v, alpha, theta / 9, eta, mask)["weights"]
+    for a, b in zip(mems["mean"].update(state, k, v, alpha, theta, eta, mask)["weights"], ref):
+        torch.testing.assert_close(a, b)
+    same = mems["sum"].update(state, k, v, alpha, theta, eta)["weights"]
+    for a, b in zip(mems["huber"].update(state, k, v, alpha, theta, eta)["weights"], same):
+        torch.testing.assert_close(a, b)
+    capped = mems["huber"].update(state, k, 50 * v, alpha, theta, eta)["weights"]
+    assert (capped[0] - mems["sum"].update(state, k, 50 * v, alpha, theta, eta)["weights"][0]).abs().max() > 1e-3
+    g = torch.randn(3, 32, 16, generator=gen) @ torch.diag(torch.logspace(0, 2, 16))  # condition number 100
+    o = newton_schulz(g)
+    s = torch.linalg.svdvals(o)
+    assert float(s.max() / s.min()) < 2.0
+    torch.testing.assert_close(o.norm(dim=(-2, -1)), g.norm(dim=(-2, -1)), rtol=1e-4, atol=0)
