@@ -9,20 +9,22 @@ from neat_edge.runtimes.select import BACKENDS  # onnxruntime, torch, coreml, te
 from neat_edge.runtimes.session import Session
 
 
-def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=None, graph: str | None = None) -> Session:
+def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=None, graph: str | None = None,
+                 threads: int | None = None) -> Session:
     """Open a stateful session on a bundle. backend: "onnxruntime" (or "onnxruntime:cpu|cuda|coreml"),
     "torch" / "torch:cuda" (the bundle's PyTorch checkpoint through the same session code), "coreml"
     (or "coreml:cpu|gpu|ane", macOS) or "tensorrt" (the bundle's TensorRT engine, NVIDIA GPU).
-    graph="tensorrt" with an onnxruntime backend runs the bundle's TensorRT-ready ONNX instead."""
+    graph="tensorrt" with an onnxruntime backend runs the bundle's TensorRT-ready ONNX instead.
+    threads: ONNX Runtime's intra-op threads for every graph of the session (default: its own choice)."""
     from neat_edge.bundle import open_bundle
     from neat_edge.runtimes.select import parse_backend, step_backend
 
     kind, device = parse_backend(backend)
     bundle = open_bundle(bundle_dir)
-    impl = step_backend(bundle, kind, device, graph)
-    patches = _bundle_patches(bundle, kind, device, graph)
+    impl = step_backend(bundle, kind, device, graph, threads)
+    patches = _bundle_patches(bundle, kind, device, graph, threads)
     session = Session(impl, bundle.config, bundle.initial_state(), svf_z=svf_z, patches=patches,
-                      decode=decode_backends(bundle, kind, device, graph, impl, patches))
+                      decode=decode_backends(bundle, kind, device, graph, impl, patches, threads))
     from neat_edge.experts import library_for_bundle
 
     session.experts = library_for_bundle(bundle)  # experts/ is read now: a file copied in is found
@@ -32,7 +34,7 @@ def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=Non
     return session
 
 
-def decode_backends(bundle, kind: str, device: str, graph: str | None, step, patches):
+def decode_backends(bundle, kind: str, device: str, graph: str | None, step, patches, threads: int | None = None):
     """The bundle's decode graphs on this backend kind (runtimes/decoding.py), or None when the bundle
     has none for it (generation then re-runs the step graph per byte). torch: from the model the step
     backend already holds."""
@@ -43,10 +45,10 @@ def decode_backends(bundle, kind: str, device: str, graph: str | None, step, pat
         return torch_decode_graphs(step.model, entropy.model if entropy is not None else None, step.name)
     from neat_edge.runtimes.select import decode_graphs
 
-    return decode_graphs(bundle, kind, device, graph)
+    return decode_graphs(bundle, kind, device, graph, threads)
 
 
-def _bundle_patches(bundle, kind: str, device: str, graph: str | None = None):
+def _bundle_patches(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
     """The session's patch source for a bundle: fixed, or the entropy graph on the same backend kind."""
     from neat_edge.runtimes.patches import EntropyPatches, FixedPatches
 
@@ -60,7 +62,7 @@ def _bundle_patches(bundle, kind: str, device: str, graph: str | None = None):
     from neat_edge.runtimes.select import entropy_backend
 
     patcher = EntropyPatcher(info["threshold"], info["relative_threshold"], info["max_patch_len"])
-    backend = entropy_backend(bundle, kind, device, graph)
+    backend = entropy_backend(bundle, kind, device, graph, threads)
     return EntropyPatches(backend, np.full((1, info["entropy_context_len"]), BOS, np.int64), patcher)
 
 

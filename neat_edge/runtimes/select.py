@@ -40,11 +40,11 @@ def graph_precision(bundle, kind: str) -> str:
     return entry.get("precision", "fp32")
 
 
-def _open(kind: str, device: str, path, spec: GraphSpec, entry: dict):
+def _open(kind: str, device: str, path, spec: GraphSpec, entry: dict, threads: int | None = None):
     if kind == "onnxruntime":
         from neat_edge.runtimes.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, spec, device)
+        return OnnxRuntimeBackend(path, spec, device, threads=threads)
     if kind == "coreml":
         from neat_edge.runtimes.coreml import CoreMLBackend
 
@@ -64,7 +64,7 @@ def _artifact(kind: str, graph: str | None) -> str:
     return graph
 
 
-def step_backend(bundle, kind: str, device: str, graph: str | None = None):
+def step_backend(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
     """The Backend for the bundle's step graph."""
     if kind == "torch":
         from neat_edge.model.checkpoint import load_checkpoint
@@ -73,10 +73,10 @@ def step_backend(bundle, kind: str, device: str, graph: str | None = None):
         return TorchBackend(load_checkpoint(bundle.checkpoint_dir), device=device)
     key = _artifact(kind, graph)
     path, spec = bundle.graph(key)
-    return _open(kind, device, path, spec, bundle.manifest["graphs"][key])
+    return _open(kind, device, path, spec, bundle.manifest["graphs"][key], threads)
 
 
-def entropy_backend(bundle, kind: str, device: str, graph: str | None = None):
+def entropy_backend(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
     """The Backend for the bundle's BLT entropy graph, on the same kind of backend as the step."""
     if kind == "torch":
         from neat_edge.model.entropy import load_entropy_model
@@ -89,7 +89,7 @@ def entropy_backend(bundle, kind: str, device: str, graph: str | None = None):
     if entry is None:
         raise NeatError(f"bundle {bundle.path} has no {key} entropy graph "
                         f"(it has: {', '.join(graphs) or 'none'}); re-export with --target {key}")
-    return _open(kind, device, bundle.path / entry["file"], GraphSpec.from_dict(entry), entry)
+    return _open(kind, device, bundle.path / entry["file"], GraphSpec.from_dict(entry), entry, threads)
 
 
 def available_backends(bundle) -> tuple[list[str], dict[str, str]]:
@@ -122,7 +122,7 @@ def available_backends(bundle) -> tuple[list[str], dict[str, str]]:
     return [n for n, why in reasons.items() if why is None], {n: why for n, why in reasons.items() if why}
 
 
-def decode_graphs(bundle, kind: str, device: str, graph: str | None = None):
+def decode_graphs(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
     """The bundle's decode graphs (and its entropy model's, and the image head) as Backends of `kind`,
     or None when the bundle has none for that artifact (exported before incremental decoding)."""
     from neat_edge.runtimes.decoding import DecodeGraphs
@@ -133,7 +133,8 @@ def decode_graphs(bundle, kind: str, device: str, graph: str | None = None):
         return None
 
     def open_all(entries: dict) -> dict:
-        return {name: _open(kind, device, bundle.path / e["file"], GraphSpec.from_dict(e), e) for name, e in entries.items()}
+        return {name: _open(kind, device, bundle.path / e["file"], GraphSpec.from_dict(e), e, threads)
+                for name, e in entries.items()}
 
     entries = dict(decode)
     head = entries.pop("decode_image_head", None)

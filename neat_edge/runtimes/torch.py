@@ -75,8 +75,10 @@ class TorchModuleGraph(_TorchGraph):
         self.module, self.spec, self.name = module.eval(), spec, name
 
 
-def torch_decode_graphs(model: NeatModel, entropy_model=None, name: str = "torch"):
-    """The decode graphs of an in-memory model (and its entropy model) as Backends, on the model's device."""
+def torch_decode_graphs(model: NeatModel, entropy_model=None, name: str = "torch", capture: bool | None = None):
+    """The decode graphs of an in-memory model (and its entropy model) as Backends, on the model's device.
+    On CUDA (capture None or True) each is captured as a CUDA graph over one shared device pool
+    (runtimes/captured.py); capture=True on the CPU runs the same pooled runner eagerly."""
     from neat_edge.model.graphs import (
         DecodeGraph,
         DecodeSvfGraph,
@@ -88,11 +90,23 @@ def torch_decode_graphs(model: NeatModel, entropy_model=None, name: str = "torch
     )
     from neat_edge.runtimes.decoding import DecodeGraphs
 
-    graphs = {n: TorchModuleGraph((DecodeSvfGraph if n == "decode_svf" else DecodeGraph)(model, spec), spec, name)
+    device = next(model.parameters()).device
+    pooled = capture if capture is not None else device.type == "cuda"
+    if pooled:
+        from neat_edge.runtimes.captured import CapturedGraph, DevicePool
+
+        pools = {"model": DevicePool(device), "entropy": DevicePool(device)}  # their cache names overlap
+
+        def backend(module, spec, owner="model"):
+            return CapturedGraph(module, spec, pools[owner], name, capture=True)
+    else:
+        def backend(module, spec, owner="model"):
+            return TorchModuleGraph(module, spec, name)
+    graphs = {n: backend((DecodeSvfGraph if n == "decode_svf" else DecodeGraph)(model, spec), spec)
               for n, spec in decode_specs(model).items()}
     entropy = None
     if entropy_model is not None:
-        entropy = {n: TorchModuleGraph(EntropyDecodeGraph(entropy_model, spec), spec, name)
+        entropy = {n: backend(EntropyDecodeGraph(entropy_model, spec), spec, "entropy")
                    for n, spec in entropy_decode_specs(entropy_model).items()}
     head = TorchModuleGraph(ImageHeadGraph(model), image_head_spec(model), name)
     return DecodeGraphs(graphs, entropy, head)
