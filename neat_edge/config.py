@@ -34,7 +34,7 @@ SVF_SCOPES = ("latent", "all")  # where SVF linears sit: latent layers only, or 
 
 FLOAT_FIELDS = ("memory_theta_max", "memory_theta_init")
 OMIT_WHEN_DEFAULT = {"memory_theta_max": 0.02, "memory_theta_init": 0.01, "memory_rule": "titans",
-                     "memory_step": "sum"}
+                     "memory_step": "sum", "memory_key_shift": 0}
 STRING_FIELDS = ("name", "memory_arch", "patching", "patch_pooling", "svf_scope", "memory_rule", "memory_step")
 
 
@@ -77,6 +77,11 @@ class NeatConfig:
     # The write rule (MEMORY_RULES) and, for "titans", its chunk step (MEMORY_STEPS); both written only when set.
     memory_rule: str = "titans"
     memory_step: str = "sum"
+    # 1: the memory is initialised to store "what followed this context": its short convolution starts as
+    # keys from the previous patch and values from the current one, the query projection as a copy of the
+    # key projection, so a write keys patch p's value by patch p−1 and a later query from that same
+    # content reads back what came after it, before any training (an init only: the layers are the same).
+    memory_key_shift: int = 0
     # --- Transformer² experts and MVoT images ---
     svf_scope: str = "latent"  # SVF linears (driven by svf_z): latent (attention + MLP) or all (+ local layers)
     n_experts: int = 4  # dispatch-head outputs: the most experts the classifier can route between
@@ -121,7 +126,7 @@ class NeatConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise NeatError(f"config field '{f.name}' must be an integer, got {value!r}")
             low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window", "ngram_buckets",
-                                  "target_patch_len", "memory_max_grad_norm") else 1
+                                  "target_patch_len", "memory_max_grad_norm", "memory_key_shift") else 1
             if value < low:
                 raise NeatError(f"config field '{f.name}' must be >= {low}, got {value}")
         if self.memory_arch not in MEMORY_ARCHS:
@@ -144,6 +149,8 @@ class NeatConfig:
             raise NeatError("config field 'd_model' must be divisible by 'memory_heads'")
         if not 1 <= self.memory_depth <= 4:
             raise NeatError(f"config field 'memory_depth' must be in 1..4, got {self.memory_depth}")
+        if self.memory_key_shift not in (0, 1):
+            raise NeatError(f"config field 'memory_key_shift' must be 0 or 1, got {self.memory_key_shift}")
         if self.memory_theta_init >= self.memory_theta_max:
             raise NeatError("config field 'memory_theta_init' must be below 'memory_theta_max'")
         if self.memory_rule == "delta":

@@ -72,3 +72,32 @@ def test_the_titans_steps_are_what_they_say():
     s = torch.linalg.svdvals(o)
     assert float(s.max() / s.min()) < 2.0
     torch.testing.assert_close(o.norm(dim=(-2, -1)), g.norm(dim=(-2, -1)), rtol=1e-4, atol=0)
+
+
+def test_key_shift_recalls_what_followed_before_any_training():
+    """memory_key_shift: the untrained memory (delta rule, β = 1) run over a stream of distinct inputs
+    x_1..x_n, then given x_j again, reads back (the value of) x_{j+1}: the write of x_{j+1} was keyed by
+    x_j. Without it (queries and keys from unrelated initial projections) the read matches nothing."""
+    import torch
+
+    from neat_edge.model.titans import NeuralMemory
+
+    def read_after(shift: bool):
+        torch.manual_seed(0)
+        mem = NeuralMemory(64, heads=1, depth=1, chunk_size=64, rule="delta", beta_init=0.999, alpha_init=1e-4,
+                           key_shift=shift)
+        x = torch.randn(1, 24, 64, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            _, state = mem(x)  # one chunk: 24 writes
+            queries = x[:, 3:20]  # x_4 .. x_20 again
+            _, _, q, _ = mem.project_stream(queries, torch.zeros_like(state["conv"][0]))
+            read = mem.retrieve(state, q)
+            _, v, _ = mem.project(x)
+        following, own = v[:, :, 4:21], v[:, :, 3:20]  # the values of x_{j+1} and of x_j
+        cos = torch.nn.functional.cosine_similarity
+        return float(cos(read, following, dim=-1).mean()), float(cos(read, own, dim=-1).mean())
+
+    shifted_next, shifted_own = read_after(True)
+    plain_next, plain_own = read_after(False)
+    assert shifted_next > 0.7 and shifted_next > shifted_own + 0.5, (shifted_next, shifted_own)
+    assert max(abs(plain_next), abs(plain_own)) < 0.2, (plain_next, plain_own)

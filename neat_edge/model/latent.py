@@ -69,7 +69,7 @@ class MemoryLayer(nn.Module):
                                    expansion=cfg.memory_expansion, alpha_init=0.002,
                                    theta_init=cfg.memory_theta_init, theta_max=cfg.memory_theta_max,
                                    max_grad_norm=cfg.memory_max_grad_norm,
-                                   rule=cfg.memory_rule, step=cfg.memory_step)
+                                   rule=cfg.memory_rule, step=cfg.memory_step, key_shift=bool(cfg.memory_key_shift))
         self.memory_chunks = cfg.memory_chunks
         self.persistent = nn.Parameter(torch.randn(cfg.persistent_tokens, d) * 0.02)  # Eq 19
         self.window = cfg.attn_window

@@ -81,7 +81,7 @@ class NeuralMemory(nn.Module):
     def __init__(self, dim: int, heads: int = 1, depth: int = 2, chunk_size: int = 64, expansion: int = 2,
                  alpha_init: float = 0.02, theta_init: float = 0.01, eta_init: float = 0.9,
                  theta_max: float = 0.02, eta_max: float = 0.95, conv_kernel: int = 4, max_grad_norm: float = 0.0,
-                 rule: str = "titans", step: str = "sum", beta_init: float = 0.5):
+                 rule: str = "titans", step: str = "sum", beta_init: float = 0.5, key_shift: bool = False):
         super().__init__()
         if rule not in RULES or step not in STEPS:
             raise ValueError(f"rule must be one of {RULES} and step one of {STEPS}")
@@ -109,7 +109,12 @@ class NeuralMemory(nn.Module):
         self.conv_kernel = conv_kernel
         conv = torch.zeros(conv_kernel, 3 * dim)
         conv[-1] = 1.0  # starts as the identity: the current token only
+        if key_shift:  # keys from the previous token, values and queries from the current one (Eq 11, shifted)
+            conv[-1, :dim], conv[-2, :dim] = 0.0, 1.0
         self.conv_weight = nn.Parameter(conv)
+        if key_shift:  # queries start as keys: a token's query finds the write keyed by the same content
+            with torch.no_grad():
+                self.to_q.weight.copy_(self.to_k.weight)
         # Inputs are RMS-normalised before Eq 11 so value magnitudes (and so surprise) stay bounded.
         self.norm = RMSNorm(dim)
         # Data-dependent gates: sigmoid-linear heads, one scalar per head and token (seed 002 §11.1
