@@ -7,6 +7,8 @@ Measures, on the checkpoint given (default: the shipped tiny):
     CUDA graphs (runtimes/captured.py), after one untimed generation (the graphs recorded); bytes/s, time
     to first byte, per-byte latency p50 / p99; and the same decode graphs eager (no capture) for scale;
   * a batch of streams (Session.generate_batch): bytes/s of all streams together, for each --streams;
+  * with --compile, the same with every decode graph through torch.compile before its capture (fused
+    kernels), one stream and --compile-streams streams;
   * that the GPU generated the bytes the CPU generates, with log-probs within --atol of them.
 """
 
@@ -36,6 +38,21 @@ def timed_stream(session, prompt: bytes, n: int) -> dict:
             "per_byte_latency_ms": {"p50": float(np.percentile(gaps, 50)), "p99": float(np.percentile(gaps, 99))}}
 
 
+def batched(session, text: bytes, streams: str, n: int, device: str) -> list[dict]:
+    rows = []
+    for count in [int(s) for s in streams.split(",")]:
+        prompts = [text[i * 97 : i * 97 + 64] for i in range(count)]
+        session.generate_batch(prompts, 160)  # records (compiles) every graph at this batch size: a segment end too
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        session.generate_batch(prompts, n)
+        seconds = time.perf_counter() - t0
+        rows.append({"streams": count, "bytes_per_stream": n, "bytes_per_s": count * n / seconds, "seconds": seconds})
+        print("batched", rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default="default")
@@ -45,9 +62,11 @@ def main() -> None:
     ap.add_argument("--streams", default="1,16,64,256")
     ap.add_argument("--atol", type=float, default=1e-4)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-streams", default="64")
     args = ap.parse_args()
     with open(__file__, "rb") as f:
-        text = f.read() * 4
+        text = f.read() * 8  # long enough for 256 prompts of 64 bytes 97 apart
     prompt = text[:64]
     report = {"device": args.device, "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None}
@@ -72,19 +91,21 @@ def main() -> None:
                         if n_same else None}
     print("vs cpu", report["vs_cpu"], flush=True)
 
-    report["batched"] = []
-    for streams in [int(s) for s in args.streams.split(",")]:
-        prompts = [text[i * 97 : i * 97 + 64] for i in range(streams)]
-        session.generate_batch(prompts, 16)  # records this batch size's graphs
-        if args.device == "cuda":
-            torch.cuda.synchronize()
+    report["batched"] = batched(session, text, args.streams, args.batch_bytes, args.device)
+    if args.json:  # what is measured so far, in case the compiled runs outlast the call
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    if args.compile:
+        compiled = open_model_session(model)
+        compiled.decode_graphs = torch_decode_graphs(model, compile=True)
         t0 = time.perf_counter()
-        session.generate_batch(prompts, args.batch_bytes)
-        seconds = time.perf_counter() - t0
-        row = {"streams": streams, "bytes_per_stream": args.batch_bytes,
-               "bytes_per_s": streams * args.batch_bytes / seconds, "seconds": seconds}
-        report["batched"].append(row)
-        print("batched", row, flush=True)
+        compiled.generate(prompt, 8)
+        report["compiled"] = {"compile_s": time.perf_counter() - t0, **timed_stream(compiled, prompt, args.bytes)}
+        print("compiled", report["compiled"], flush=True)
+        compiled.reset()
+        out = compiled.generate(prompt, 512)
+        report["compiled"]["same_bytes_as_cpu"] = out == ref_bytes
+        report["compiled"]["batched"] = batched(compiled, text, args.compile_streams, args.batch_bytes, args.device)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

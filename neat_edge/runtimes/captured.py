@@ -24,15 +24,15 @@ from neat_edge.spec import CACHE_IN, CACHE_OUT, STATE_IN, SVF_IN, GraphSpec
 
 
 class DevicePool:
-    """Device tensors by name (caches, SVF weights) shared by the decode graphs of one batch size."""
+    """Device tensors by name (caches, SVF weights) shared by the decode graphs, one set per batch size."""
 
     def __init__(self, device: torch.device):
         self.device, self.tensors = device, {}
 
-    def get(self, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
-        if name not in self.tensors:
-            self.tensors[name] = torch.zeros_like(like, device=self.device)
-        return self.tensors[name]
+    def get(self, key: tuple, like: torch.Tensor | None = None) -> torch.Tensor:
+        if key not in self.tensors:
+            self.tensors[key] = torch.zeros_like(like, device=self.device)
+        return self.tensors[key]
 
 
 def _pooled(name: str) -> str | None:
@@ -43,107 +43,148 @@ def _pooled(name: str) -> str | None:
     return name if name.startswith(SVF_IN) else None
 
 
-class CapturedGraph:
-    """One flat-tensor decode graph module behind the Backend protocol, replayed as a CUDA graph
-    (capture=True, on CUDA) or run eagerly over the same static buffers (CPU, tests)."""
+def _tensor(value, device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    return torch.from_numpy(canonical(np.asarray(value))).to(device)
 
-    def __init__(self, module: torch.nn.Module, spec: GraphSpec, pool: DevicePool, name: str, capture: bool):
-        self.module, self.spec, self.pool, self.name = module.eval(), spec, pool, name
-        self.capture = capture and pool.device.type == "cuda"
-        self.static: dict[str, torch.Tensor] | None = None  # inputs not in the pool
-        self.outputs: tuple | None = None
-        self.graph = None
-        self._fed: dict[str, object] = {}  # state input -> the host array last copied in (held: ids stay unique)
 
-    # --- buffers ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _bind(self, feeds: dict) -> None:
-        """First call: static buffers shaped like these feeds, pool entries for every cache it reads or
-        writes (one eager run gives the output shapes), then the capture."""
+def _copy_in(target: torch.Tensor, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        value = torch.from_numpy(canonical(np.asarray(value)))
+    target.copy_(value, non_blocking=True)
+
+
+class _Capture:
+    """One graph at one batch size: its static buffers, its pool entries and (on CUDA) its CUDA graph."""
+
+    def __init__(self, graph: CapturedGraph, batch: int, feeds: dict):
+        self.graph, self.batch = graph, batch
+        self.cuda_graph, self.outputs = None, None
+        self.fed: dict[str, object] = {}  # state input -> the host array last copied in (held: ids stay unique)
         self.static = {}
-        for n in self.spec.input_names:
-            value = self._tensor(feeds[n])
-            pooled = _pooled(n)
-            if pooled is not None:
-                self.pool.get(pooled, value).copy_(value)
-            else:
-                self.static[n] = value.clone()
-        for n, value in zip(self.spec.output_names, self.module(*self._args())):
-            pooled = _pooled(n)
-            if pooled is not None:
-                self.pool.get(pooled, value)
-        if self.capture:
-            self._record()
+        device, spec = graph.pool.device, graph.spec
+        # the per-step inputs (token, positions, ...): views into one device buffer per dtype, filled from one
+        # pinned host buffer by one copy a step (a copy each would cost a synchronous transfer each)
+        small = [n for n in spec.input_names if self.key(n) is None and not n.startswith(STATE_IN)]
+        self.packs = {}
+        for dtype in sorted({np.asarray(feeds[n]).dtype.str for n in small}):
+            names = [n for n in small if np.asarray(feeds[n]).dtype.str == dtype]
+            sizes = [np.asarray(feeds[n]).size for n in names]
+            host = torch.from_numpy(np.zeros(sum(sizes), np.dtype(dtype)))
+            host = host.pin_memory() if device.type == "cuda" else host
+            dev = host.to(device) if device.type == "cuda" else host.clone()
+            offsets = np.cumsum([0, *sizes])
+            for n, a, b in zip(names, offsets, offsets[1:]):
+                self.static[n] = dev[a:b].view(np.asarray(feeds[n]).shape)
+            self.packs[dtype] = (host, host.numpy(), dev, list(zip(names, offsets, offsets[1:])))
+        with torch.no_grad():
+            self._load_small(feeds)
+            for n in spec.input_names:  # static buffers shaped like these feeds
+                value = _tensor(feeds[n], device)
+                pooled = self.key(n)
+                if pooled is not None:
+                    graph.pool.get(pooled, value).copy_(value)
+                elif n not in self.static:
+                    self.static[n] = value.clone()
+            for n, value in zip(spec.output_names, graph.module(*self.args())):  # one eager run: output shapes
+                pooled = self.key(n)
+                if pooled is not None:
+                    graph.pool.get(pooled, value)
+            if graph.capture:
+                self.record()
 
-    def _tensor(self, value) -> torch.Tensor:
-        if isinstance(value, torch.Tensor):
-            return value.to(self.pool.device)
-        return torch.from_numpy(canonical(np.asarray(value))).to(self.pool.device)
+    def key(self, name: str) -> tuple | None:
+        """(batch size, pool name); the SVF weights have no batch axis: one copy for every batch size."""
+        pooled = _pooled(name)
+        if pooled is None:
+            return None
+        return (0 if pooled.startswith(SVF_IN) else self.batch, pooled)
 
-    @staticmethod
-    def _copy_in(target: torch.Tensor, value) -> None:
-        if not isinstance(value, torch.Tensor):
-            value = torch.from_numpy(canonical(np.asarray(value)))
-        target.copy_(value, non_blocking=True)
+    def args(self) -> list[torch.Tensor]:
+        pool = self.graph.pool.tensors
+        return [pool[k] if (k := self.key(n)) is not None else self.static[n] for n in self.graph.spec.input_names]
 
-    def _args(self) -> list[torch.Tensor]:
-        return [self.pool.tensors[p] if (p := _pooled(n)) is not None else self.static[n] for n in self.spec.input_names]
-
-    def _run(self) -> tuple:
-        outs = self.module(*self._args())
-        for n, value in zip(self.spec.output_names, outs):  # changed caches (and SVF weights) into the pool
-            pooled = _pooled(n)
-            if pooled is not None:
-                self.pool.tensors[pooled].copy_(value)
+    def run(self) -> tuple:
+        outs = self.graph.module(*self.args())
+        for n, value in zip(self.graph.spec.output_names, outs):  # changed caches (and SVF weights) to the pool
+            key = self.key(n)
+            if key is not None:
+                self.graph.pool.tensors[key].copy_(value)
         return outs
 
-    @torch.no_grad()
-    def _record(self) -> None:
+    def record(self) -> None:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up outside the capture (allocator, lazy inits)
             for _ in range(2):
-                self._run()
+                self.run()
         torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = self._run()
+        self.cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.cuda_graph):
+            self.outputs = self.run()
 
-    # --- the Backend protocol -----------------------------------------------------------------------
-    def _load(self, feeds: dict) -> None:
-        for n in self.spec.input_names:
-            value = feeds[n]
-            pooled = _pooled(n)
-            if pooled is not None:
-                target = self.pool.tensors.get(pooled)
+    def _load_small(self, feeds: dict) -> None:
+        for host, host_np, dev, parts in self.packs.values():
+            for n, a, b in parts:
+                host_np[a:b] = np.asarray(feeds[n]).reshape(-1)
+            dev.copy_(host, non_blocking=True)
+
+    def load(self, feeds: dict) -> None:
+        pool = self.graph.pool
+        self._load_small(feeds)
+        for n in self.graph.spec.input_names:
+            value, key = feeds[n], self.key(n)
+            if key is not None:
+                target = pool.tensors.get(key)
                 if target is None:
-                    target = self.pool.get(pooled, self._tensor(value))
+                    target = pool.get(key, _tensor(value, pool.device))
                 if value is not target:
-                    self._copy_in(target, value)
+                    _copy_in(target, value)
                 continue
-            if n.startswith(STATE_IN) and self._fed.get(n) is value:
-                continue  # the committed state: copied once per segment
-            self._copy_in(self.static[n], value)
-            self._fed[n] = value
+            if not n.startswith(STATE_IN) or self.fed.get(n) is value:
+                continue  # a per-step input (loaded above), or the committed state copied in already
+            _copy_in(self.static[n], value)
+            self.fed[n] = value
+
+    def replay(self) -> tuple:
+        if self.cuda_graph is None:
+            return self.run()
+        self.cuda_graph.replay()
+        return self.outputs
+
+
+class CapturedGraph:
+    """One flat-tensor decode graph module behind the Backend protocol, replayed as a CUDA graph
+    (capture=True, on CUDA) or run eagerly over the same static buffers (CPU, tests); one capture per
+    batch size it meets."""
+
+    def __init__(self, module: torch.nn.Module, spec: GraphSpec, pool: DevicePool, name: str, capture: bool):
+        self.module, self.spec, self.pool, self.name = module.eval(), spec, pool, name
+        self.capture = capture and pool.device.type == "cuda"
+        self.batched = [n for t, n in zip(spec.inputs, spec.input_names) if t.shape and t.shape[0] == "batch"]
+        self.captures: dict[int, _Capture] = {}
 
     @torch.no_grad()
     def step_native(self, feeds: dict, keep) -> dict:
-        if self.static is None:
-            self._bind(feeds)
+        batch = int(np.shape(feeds[self.batched[0]])[0]) if self.batched else 0
+        capture = self.captures.get(batch)
+        if capture is None:
+            capture = self.captures[batch] = _Capture(self, batch, feeds)
         else:
-            self._load(feeds)
-        if self.graph is not None:
-            self.graph.replay()
-            outs = self.outputs
-        else:
-            outs = self._run()
-        result = {}
-        for n, value in zip(self.spec.output_names, outs):
-            pooled = _pooled(n)
-            if n in keep and pooled is not None:  # the pool tensor, which the next graph reads as it is
-                result[n] = self.pool.tensors[pooled]
+            capture.load(feeds)
+        result, host = {}, []
+        for n, value in zip(self.spec.output_names, capture.replay()):
+            key = capture.key(n)
+            if n in keep and key is not None:  # the pool tensor, which the next graph reads as it is
+                result[n] = self.pool.tensors[key]
+            elif n == "hidden":  # stays on the device: only the image head reads it (a torch graph too)
+                result[n] = value
             else:
-                result[n] = value.cpu().numpy()
+                host.append((n, value.to("cpu", non_blocking=True)))
+        if host and self.pool.device.type == "cuda":
+            torch.cuda.current_stream().synchronize()  # one wait for every copy back
+        result.update({n: value.numpy() for n, value in host})
         return result
 
     def step(self, feeds: dict) -> dict:

@@ -14,11 +14,19 @@ patches on its own (decode_patch's `close`).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from neat_edge.config import NeatConfig
 from neat_edge.patching import EntropyPatcher, PatcherState
 from neat_edge.spec import CACHE_IN, CACHE_OUT, STATE_IN, STATE_OUT, SVF_IN, cache_from_state
+
+
+@functools.lru_cache(maxsize=4096)
+def _cache_input(output: str) -> str:
+    """next_cache.X -> cache.X: what a graph returns is what the next one takes."""
+    return CACHE_IN + output[len(CACHE_OUT):]
 
 
 class DecodeGraphs:
@@ -67,7 +75,10 @@ class Decoder:
         if self.svf_z is None or not np.array_equal(self.svf_z, svf_z):  # the SVF weights for this z
             self.svf_z, self.svf_weights = svf_z.copy(), self.graphs.run("decode_svf", {"svf_z": svf_z})
         batch = state["byte_context"].shape[0]
-        out = self.graphs.run("decode_start", {**self.svf_weights, **{STATE_IN + k: v for k, v in state.items()}})
+        # every graph input by its name: the committed state, the SVF weights, the caches, the step's inputs
+        self.inputs = {STATE_IN + k: v for k, v in state.items()}
+        self.inputs.update(self.svf_weights)
+        out = self.graphs.run("decode_start", self.inputs)
         self._take(out)
         self.position = 0
         self.patch = np.zeros(batch, np.int64)
@@ -75,7 +86,7 @@ class Decoder:
         self.tokens = []  # this segment's tokens so far, [B] each
         if self.patcher is not None:
             out = self.graphs.run("entropy_decode_start", {STATE_IN + "byte_context": entropy_context})
-            self.entropy_cache = {k[len(CACHE_OUT):]: v for k, v in out.items() if k.startswith(CACHE_OUT)}
+            self.entropy_inputs = {_cache_input(k): v for k, v in out.items() if k.startswith(CACHE_OUT)}
             self.entropy_context = entropy_context
             # the first byte always starts a patch; what the relative rule compares with comes next
             self.entropies = [out["entropy"].astype(np.float32)]
@@ -83,24 +94,25 @@ class Decoder:
             self._starts(out["entropy"])
 
     def _take(self, out: dict) -> None:
-        self.cache = {k[len(CACHE_OUT):]: v for k, v in out.items() if k.startswith(CACHE_OUT)}
-        self.cache.update({name: np.array(self.state[source]) for name in self.graphs.cache_names
-                           if (source := cache_from_state(name))})  # a copy: the state stays the committed one
-        self.logprobs, self.hidden = out["byte_logprobs"], out["hidden"]
+        self._update(out)
+        for name in self.graphs.cache_names:  # copies: the state stays the committed one
+            source = cache_from_state(name)
+            if source:
+                self.inputs[CACHE_IN + name] = np.array(self.state[source])
 
     def _update(self, out: dict) -> None:
-        self.cache.update({k[len(CACHE_OUT):]: v for k, v in out.items() if k.startswith(CACHE_OUT)})
+        """A graph's outputs: caches become the next steps' inputs (next_cache.X -> cache.X)."""
+        for name, value in out.items():
+            if name.startswith(CACHE_OUT):
+                self.inputs[_cache_input(name)] = value
         if "byte_logprobs" in out:
             self.logprobs, self.hidden = out["byte_logprobs"], out["hidden"]
 
     def _feeds(self, token: np.ndarray) -> dict:
         batch = token.shape[0]
-        feeds = {"token": token.reshape(batch, 1).astype(np.int64),
-                 "position": np.full(batch, self.position, np.int64), "patch": self.patch,
-                 "patch_start": self.patch_start, **self.svf_weights}
-        feeds.update({STATE_IN + k: v for k, v in self.state.items()})
-        feeds.update({CACHE_IN + k: v for k, v in self.cache.items()})
-        return feeds
+        self.inputs.update({"token": token.reshape(batch, 1), "position": np.full(batch, self.position, np.int64),
+                            "patch": self.patch, "patch_start": self.patch_start})
+        return self.inputs
 
     def _starts(self, entropy: np.ndarray) -> np.ndarray:
         """Entropy patching: does the next byte start a patch, per stream (BLT rules, streaming)."""
@@ -124,9 +136,9 @@ class Decoder:
         if self.patcher is None:
             starts = np.full(token.shape[0], (i + 1) % cfg.patch_size == 0)
         else:
-            out = self.graphs.run("entropy_decode_byte", {"token": feeds["token"], "position": feeds["position"],
-                                                          **{CACHE_IN + k: v for k, v in self.entropy_cache.items()}})
-            self.entropy_cache = {k[len(CACHE_OUT):]: v for k, v in out.items() if k.startswith(CACHE_OUT)}
+            self.entropy_inputs.update(token=feeds["token"], position=feeds["position"])
+            out = self.graphs.run("entropy_decode_byte", self.entropy_inputs)
+            self.entropy_inputs.update({_cache_input(k): v for k, v in out.items() if k.startswith(CACHE_OUT)})
             self.entropies.append(out["entropy"].astype(np.float32))
             starts = self._starts(out["entropy"])
         if starts.any():
@@ -135,8 +147,8 @@ class Decoder:
             if cfg.memory_chunks > 1:
                 ended = starts & ((self.patch + 1) % self.chunk_span == 0)
                 if ended.any():
-                    chunk = np.where(ended, self.patch // self.chunk_span, -1)  # -1: an empty range, no write
-                    self._update(self.graphs.run("decode_chunk", {"chunk": chunk, **self._feeds(token)}))
+                    feeds["chunk"] = np.where(ended, self.patch // self.chunk_span, -1)  # -1: an empty range
+                    self._update(self.graphs.run("decode_chunk", feeds))
             self.patch = self.patch + starts
             self.patch_start = np.where(starts, i + 1, self.patch_start)
         else:

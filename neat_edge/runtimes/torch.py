@@ -21,8 +21,15 @@ class _TorchGraph:
     @torch.no_grad()
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         device = next(self.module.parameters()).device  # the module's own device (cpu or cuda)
-        args = [torch.from_numpy(canonical(feeds[n])).to(device) for n in self.spec.input_names]
+        args = [as_tensor(feeds[n], device) for n in self.spec.input_names]
         return {n: t.cpu().numpy() for n, t in zip(self.spec.output_names, self.module(*args))}
+
+
+def as_tensor(value, device) -> torch.Tensor:
+    """A feed (numpy, or a tensor some decode graph left on the device) as a tensor on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    return torch.from_numpy(canonical(value)).to(device)
 
 
 def canonical(a: np.ndarray) -> np.ndarray:
@@ -75,10 +82,12 @@ class TorchModuleGraph(_TorchGraph):
         self.module, self.spec, self.name = module.eval(), spec, name
 
 
-def torch_decode_graphs(model: NeatModel, entropy_model=None, name: str = "torch", capture: bool | None = None):
+def torch_decode_graphs(model: NeatModel, entropy_model=None, name: str = "torch", capture: bool | None = None,
+                        compile: bool = False):
     """The decode graphs of an in-memory model (and its entropy model) as Backends, on the model's device.
     On CUDA (capture None or True) each is captured as a CUDA graph over one shared device pool
-    (runtimes/captured.py); capture=True on the CPU runs the same pooled runner eagerly."""
+    (runtimes/captured.py); capture=True on the CPU runs the same pooled runner eagerly. compile: each
+    graph through torch.compile first (fused kernels: fewer launches in the captured graph)."""
     from neat_edge.model.graphs import (
         DecodeGraph,
         DecodeSvfGraph,
@@ -97,7 +106,16 @@ def torch_decode_graphs(model: NeatModel, entropy_model=None, name: str = "torch
 
         pools = {"model": DevicePool(device), "entropy": DevicePool(device)}  # their cache names overlap
 
+        if compile:  # every graph shares DecodeGraph.forward's code: one compilation per graph and batch size
+            import torch._dynamo
+
+            config = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, limit, max(getattr(config, limit), 64))
+
         def backend(module, spec, owner="model"):
+            if compile:  # static shapes: the captured graph replays the fused kernels
+                module = torch.compile(module, dynamic=False)
             return CapturedGraph(module, spec, pools[owner], name, capture=True)
     else:
         def backend(module, spec, owner="model"):

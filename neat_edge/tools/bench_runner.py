@@ -169,6 +169,10 @@ def open_bench_session(bundle_dir: Path, backend: str, threads: int | None):
         # segment axis symbolic when generation's partial segments arrive (4 graphs in all, ~210 s for small
         # on the H100). dynamic=True makes every axis symbolic and did not finish compiling in 285 s.
         session.backend.module = torch.compile(session.backend.module, mode=compile_mode)
+        if session.decode_graphs is not None:  # the decode graphs compiled too (static shapes; captured on CUDA)
+            from neat_edge.runtimes.torch import torch_decode_graphs
+
+            session.decode_graphs = torch_decode_graphs(session.backend.model, name=session.backend.name, compile=True)
     return session
 
 
