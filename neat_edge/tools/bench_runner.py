@@ -172,7 +172,9 @@ def open_bench_session(bundle_dir: Path, backend: str, threads: int | None):
         if session.decode_graphs is not None:  # the decode graphs compiled too (static shapes; captured on CUDA)
             from neat_edge.runtimes.torch import torch_decode_graphs
 
-            session.decode_graphs = torch_decode_graphs(session.backend.model, name=session.backend.name, compile=True)
+            entropy = getattr(getattr(session.patches, "backend", None), "module", None)
+            session.decode_graphs = torch_decode_graphs(session.backend.model, getattr(entropy, "model", None),
+                                                        session.backend.name, compile=True)
     return session
 
 
