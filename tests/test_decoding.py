@@ -195,3 +195,89 @@ def test_onnxruntime_generation_equals_segment_step(arch, patching, corpus, tmp_
     session = open_session(tmp_path / "b", "onnxruntime")
     assert session.decode_graphs is not None
     assert_generation_matches_segment_step(session, corpus[:PROMPT_BYTES])
+
+
+# --- the shipped model's bundle --------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_default_bundle_generates_2048_bytes_as_the_segment_step(bundle_dir, corpus, backend):
+    """The issue's check on the real model: 2,048 greedy bytes (16 segment boundaries) through the decode
+    graphs = the segment step's choices, log-probs within 1e-5 of it scoring prompt + bytes afresh."""
+    session = open_session(bundle_dir, backend)
+    assert session.decode_graphs is not None
+    assert_generation_matches_segment_step(session, corpus[:100], n=2048)
+
+
+def test_bundle_declares_its_decode_graphs_and_caches(bundle_dir):
+    from neat_edge.bundle import open_bundle
+
+    manifest = open_bundle(bundle_dir).manifest
+    decode = manifest["decode"]
+    graphs = decode["graphs"]["onnx"]
+    assert {"decode_start", "decode_byte", "decode_patch", "decode_commit", "decode_svf"} <= set(graphs)
+    caches = {c["name"]: c for c in decode["caches"]}
+    assert caches["enc.0.k"]["max_length"] == manifest["config"]["context_len"] + manifest["config"]["segment_len"]
+    for entry in graphs.values():  # every cache a graph takes or returns is declared, with its shape
+        for t in entry["inputs"] + entry["outputs"]:
+            name = t["name"].split(".", 1)[1] if t["name"].startswith(("cache.", "next_cache.")) else None
+            if name is not None:
+                assert caches[name]["shape"] == t["shape"], t["name"]
+    byte = graphs["decode_byte"]
+    assert not any("image" in t["name"] or "dispatch" in t["name"] for t in byte["outputs"])  # text only
+    assert {(s["input"], s["output"]) for s in byte["state"]} >= {("cache.enc.0.k", "next_cache.enc.0.k")}
+
+
+def test_save_and_load_mid_segment_while_generating(bundle_dir, tmp_path):
+    a = open_session(bundle_dir)
+    first = a.generate(b"def parse(text):\n    ", 70)  # ends inside a segment
+    a.save_state(tmp_path / "s.safetensors")
+    rest = a.generate(b"", 200)
+    b = open_session(bundle_dir)
+    b.load_state(tmp_path / "s.safetensors")
+    assert b.generate(b"", 200) == rest
+    whole = open_session(bundle_dir).generate(b"def parse(text):\n    ", 270)
+    assert first + rest == whole
+
+
+def test_a_new_svf_z_rebuilds_the_caches(bundle_dir):
+    """Transformer² pass 2 changes z mid-stream: the decode caches (made with the old z) are rebuilt, so
+    generation equals a stream that consumed the same bytes and then took the new z."""
+    prompt = b"The quick brown fox "
+    a = open_session(bundle_dir)
+    head = a.generate(prompt, 40)
+    z = np.linspace(0.5, 1.5, a.svf_z.size).astype(np.float32)
+    a.svf_z = z
+    out = a.generate(b"", 100)
+    b = open_session(bundle_dir)
+    b.score(prompt + head)
+    b.svf_z = z
+    assert b.generate(b"", 100) == out
+
+
+def test_batched_generation_equals_one_stream_at_a_time(corpus):
+    model, patches = micro_model("mag", "entropy", corpus)
+    session = open_model_session(model, patching=patches)
+    prompts = [corpus[i * 90 : i * 90 + 45] for i in range(3)]
+    texts, logprobs = session.generate_batch(prompts, 100, return_logprobs=True)
+    for prompt, text, lp in zip(prompts, texts, logprobs):
+        one, one_lp = open_model_session(model, patching=patches).generate(prompt, 100, return_logprobs=True)
+        assert text == one
+        np.testing.assert_allclose(lp, one_lp, atol=1e-5, rtol=0)
+    with pytest.raises(Exception, match="one length"):
+        session.generate_batch([b"ab", b"abc"], 4)
+
+
+def test_captured_runner_equals_the_plain_graphs(corpus):
+    """The CUDA-graph runner's pooled buffers (runtimes/captured.py), run eagerly here: same bytes and
+    log-probs as the plain decode graphs, one stream and a batch."""
+    from neat_edge.runtimes.torch import torch_decode_graphs
+
+    model, patches = micro_model("mal", "fixed", corpus)
+    plain = open_model_session(model)
+    pooled = open_model_session(model)
+    pooled.decode_graphs = torch_decode_graphs(model, capture=True)
+    a, la = plain.generate(corpus[:40], 120, return_logprobs=True)
+    b, lb = pooled.generate(corpus[:40], 120, return_logprobs=True)
+    assert a == b
+    np.testing.assert_array_equal(la, lb)
+    prompts = [corpus[i * 50 : i * 50 + 40] for i in range(2)]
+    assert pooled.generate_batch(prompts, 60) == plain.generate_batch(prompts, 60)

@@ -159,7 +159,10 @@ class IncrementalDecoder:
         mask = ((p >= lo[:, None]) & (p < hi[:, None])).to(cache[f"latent.{i}.write_alpha"].dtype)
         mask = mask.unsqueeze(1).expand_as(cache[f"latent.{i}.write_alpha"])
         get = lambda name: cache[f"latent.{i}.write_{name}"]  # noqa: E731
-        new, _ = layer.memory.scan(mem, get("k"), get("v"), get("alpha"), get("theta"), get("eta"), None, mask, 1)
+        # all of the segment's chunk slots, as the segment step lays them out: the ones outside lo..hi are
+        # masked, which the closed forms skip exactly (and every chunk keeps the segment step's length)
+        new, _ = layer.memory.scan(mem, get("k"), get("v"), get("alpha"), get("theta"), get("eta"), None, mask,
+                                   self.cfg.memory_chunks)
         return new
 
     # --- the graphs -------------------------------------------------------------------------------

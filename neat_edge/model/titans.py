@@ -159,7 +159,8 @@ class NeuralMemory(nn.Module):
     def project_stream(self, x: torch.Tensor, conv_state: torch.Tensor):
         """project() continuing a stream: returns k, v, q and the next convolution state."""
         x = self.norm(x)
-        kvq = torch.cat([self.to_k(x), self.to_v(x), self.to_q(x)], dim=-1)
+        # one product with the three projections' weights side by side (a constant in an exported graph)
+        kvq = F.linear(x, torch.cat([self.to_k.weight, self.to_v.weight, self.to_q.weight]))
         padded = torch.cat([conv_state, kvq], dim=1)
         t, n = x.shape[1], self.conv_kernel
         mixed = sum(padded[:, j : j + t] * self.conv_weight[j] for j in range(n))
@@ -171,8 +172,9 @@ class NeuralMemory(nn.Module):
     def gates(self, x: torch.Tensor):
         """x [B,T,dim] -> alpha (forget), theta (step), eta (momentum), each [B,H,T] in (0, 1)."""
         x = self.norm(x)
-        alpha, theta, eta = (torch.sigmoid(g(x)).transpose(1, 2) for g in (self.gate_alpha, self.gate_theta,
-                                                                            self.gate_eta))
+        gates = (self.gate_alpha, self.gate_theta, self.gate_eta)  # one product for the three heads
+        logits = F.linear(x, torch.cat([g.weight for g in gates]), torch.cat([g.bias for g in gates]))
+        alpha, theta, eta = torch.sigmoid(logits).transpose(1, 2).split(self.heads, dim=1)
         return alpha, theta * self.theta_max, eta * self.eta_max
 
     # --- Eq 15 ---------------------------------------------------------------------------------
