@@ -3,6 +3,7 @@ checkpoint the graphs came from, staged and installed atomically (reading: neat_
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import shutil
 import tempfile
@@ -21,8 +22,19 @@ from neat_edge.model.neat import NeatModel, count_parameters
 from neat_edge.spec import STATE_IN, GraphSpec
 
 
+def source_digest() -> str:
+    """sha256 (16 hex) of the neat_edge package's Python sources: which code wrote a bundle, finer than the
+    version number (a bundle exported before a change to the graphs can be told from a fresh one)."""
+    h = hashlib.sha256()
+    root = Path(neat_edge.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def tool_versions() -> dict:
-    versions = {"neat_edge": neat_edge.__version__, "python": platform.python_version(), "torch": torch.__version__}
+    versions = {"neat_edge": neat_edge.__version__, "neat_edge_source": source_digest(),
+                "python": platform.python_version(), "torch": torch.__version__}
     for mod in ("onnx", "onnxruntime", "onnxscript", "coremltools", "onnxsim", "tensorrt"):
         try:  # installed distributions, without importing them (coremltools is slow and noisy to import)
             versions[mod] = metadata.version(mod)

@@ -95,6 +95,8 @@ class Attention(nn.Module):
 
     def _split(self, x):
         b, t, d = x.shape
+        if isinstance(t, int) and t == 1:  # one position (a decode step): the same layout, no transpose
+            return x.reshape(b, self.heads, 1, d // self.heads)
         return x.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
 
     # The three pieces are what both the whole-segment forward and the incremental (cached) forms run.
@@ -110,7 +112,10 @@ class Attention(nn.Module):
 
     def combine(self, q, k, v, mask, z=None):
         """Masked attention of q over k/v, heads merged, output projection: [B,T,dim]."""
-        out = masked_attention(q, k, v, mask).transpose(1, 2)
+        out = masked_attention(q, k, v, mask)
+        if isinstance(out.shape[2], int) and out.shape[2] == 1:  # one position: heads merge by a reshape
+            return self._proj(self.o, out.reshape(out.shape[0], 1, -1), z)
+        out = out.transpose(1, 2)
         return self._proj(self.o, out.reshape(out.shape[0], out.shape[1], -1), z)
 
     def forward(self, x, kv, mask, z=None, q_pos=None, k_pos=None):
