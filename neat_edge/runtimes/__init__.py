@@ -20,7 +20,7 @@ def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=Non
     kind, device = parse_backend(backend)
     bundle = open_bundle(bundle_dir)
     impl = step_backend(bundle, kind, device, graph)
-    session = Session(impl, bundle.config, bundle.initial_state(), svf_z=svf_z,
+    session = Session(impl, bundle.config, bundle.initial_state(impl.spec), svf_z=svf_z,
                       patches=_bundle_patches(bundle, kind, device, graph))
     from neat_edge.experts import library_for_bundle
 
