@@ -12,17 +12,17 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 
 from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write
+from neat_edge.runtimes import validation
 from neat_edge.runtimes.backend import Backend
 from neat_edge.runtimes.patches import FixedPatches
 from neat_edge.spec import STATE_IN, STATE_OUT
+from neat_edge.tensorfile import DIGEST_KEY, read_tensors, write_tensors
 
-STATE_FORMAT = "neat-session-state/1"
+STATE_FORMAT = "neat-session-state/2"  # /2: the file carries a digest of its content (tensorfile.py)
+STATE_FORMATS = (STATE_FORMAT, "neat-session-state/1")  # /1 (no digest) is still read
 
 
 def as_tokens(data) -> np.ndarray:
@@ -86,12 +86,14 @@ class Session:
         """One step on `segment` from the current committed state (or the given state / patcher
         state / z), without advancing the stream: (graph outputs, next model state, next patcher
         state, patches used). No side effects."""
+        validation.check_segment(self, segment, state, patch_state, svf_z)
         state = self.state if state is None else state
         ids, mask, patch_state = self.patches(segment, self.patch_state if patch_state is None else patch_state)
         feeds = {"bytes": as_tokens(segment)[None],
                  "patch_ids": ids[None], "patch_mask": mask[None], "svf_z": self.svf_z if svf_z is None else svf_z}
         feeds.update({STATE_IN + k: v for k, v in state.items()})
         out = self.backend.step(feeds)
+        validation.check_outputs(out)
         return out, {k: out[STATE_OUT + k] for k in state}, patch_state, int(mask.sum())
 
     def snapshot(self) -> dict:
@@ -103,6 +105,7 @@ class Session:
                 "patches": (self.committed_patches, self._pending_patches)}
 
     def restore(self, snap: dict) -> None:
+        validation.check_snapshot(self, snap)
         self.state = {k: v.copy() for k, v in snap["state"].items()}
         self.patch_state = {k: v.copy() for k, v in snap["patch_state"].items()}
         self._pending, self.position = snap["pending"], snap["position"]
@@ -114,6 +117,7 @@ class Session:
         return the DispatchResult. The stream state is left untouched; pass 2 is score/generate."""
         from neat_edge.runtimes.dispatch import dispatch
 
+        validation.check_dispatch(prompt, strategy, options)
         return dispatch(self, prompt, strategy, **options)
 
     def _commit_segment(self, segment: bytes):
@@ -155,10 +159,12 @@ class Session:
 
     def score(self, data: bytes) -> np.ndarray:
         """Natural-log probability of each byte of `data` given everything before it in the stream."""
+        validation.check_bytes(data, "score")
         return self._advance(data)
 
     def score_with_distributions(self, data: bytes):
         """(log p of each byte, full log-prob rows [len(data), vocab]) — for parity and analysis."""
+        validation.check_bytes(data, "score_with_distributions")
         return self._advance(data, keep_rows=True)
 
     def next_byte_logprobs(self) -> np.ndarray:
@@ -178,6 +184,7 @@ class Session:
         """Consume `prompt`, then sample up to max_new_bytes bytes (greedy when temperature == 0).
         allow_images=True (MVoT): the model may also open an image; returns the interleaved list of text
         chunks (bytes) and images (uint8 arrays [H, W, 3]) instead (runtimes/images.py)."""
+        validation.check_generate(prompt, max_new_bytes, temperature, seed, allow_images, max_images, self.config)
         if allow_images:
             from neat_edge.runtimes.images import generate_interleaved
 
@@ -213,6 +220,7 @@ class Session:
 
     # --- persistence -----------------------------------------------------------------------------
     def save_state(self, path: str | Path) -> None:
+        validation.check_path(path, "the state file")
         tensors = {STATE_IN + k: np.ascontiguousarray(v) for k, v in self.state.items()}
         tensors.update({"patcher." + k: np.ascontiguousarray(v) for k, v in self.patch_state.items()})
         if isinstance(self._pending, bytes):
@@ -221,40 +229,47 @@ class Session:
             tensors["pending_tokens"] = np.append(self._pending, 0).astype(np.int64)
         meta = {"format": STATE_FORMAT, "model_id": self.model_id, "position": str(self.position),
                 "pending": str(len(self._pending)), "patches": str(self.committed_patches)}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        write_tensors(path, tensors, meta, "state file")  # atomic, with a digest of the content
 
     def load_state(self, path: str | Path) -> None:
+        """Continue the stream saved in `path`. Everything is checked before the session changes: the
+        format and content digest, the model, every tensor's name, dtype and shape, finite values, the
+        counters; a refused file leaves the session as it was."""
+        validation.check_path(path, "the state file")
         path = Path(path)
-        if not path.is_file():
-            raise NeatError(f"state file not found: {path}")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as fh:
-                meta = fh.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise NeatError(f"corrupted state file {path}: {exc}") from None
-        if meta.get("format") != STATE_FORMAT:
-            raise NeatError(f"{path} is not a NEAT session state")
+        tensors, meta = read_tensors(path, "state file", require_digest=False)
+        if meta.get("format") not in STATE_FORMATS:
+            raise NeatError(f"{path} is not a NEAT session state this version reads (format "
+                            f"{str(meta.get('format'))[:40]!r}; it reads {', '.join(STATE_FORMATS)})")
+        if meta.get("format") == STATE_FORMAT and DIGEST_KEY not in meta:
+            raise NeatError(f"corrupted state file {path}: it carries no content digest")
         if meta.get("model_id") != self.model_id:
             raise NeatError(f"state file {path} was saved by a different model "
-                            f"(model id {meta.get('model_id')}, this session's is {self.model_id})")
+                            f"(model id {str(meta.get('model_id'))[:40]}, this session's is {self.model_id})")
         state, patch_state = {}, {}
+        expected = {"pending", "pending_tokens"}
         for prefix, initial, into in ((STATE_IN, self._initial, state), ("patcher.", self._initial_patch, patch_state)):
             for name, ref in initial.items():
                 t = tensors.get(prefix + name)
-                if t is None or t.shape[1:] != ref.shape[1:] or t.dtype != ref.dtype:
+                expected.add(prefix + name)
+                if t is None or t.shape != ref.shape or t.dtype != ref.dtype:
                     raise NeatError(f"state file {path} is corrupted: tensor '{name}' is missing or malformed")
+                if t.dtype.kind == "f" and not (np.isfinite(t).all() or (name == "entropy.prev" and np.isnan(t).all())):
+                    raise NeatError(f"state file {path} is corrupted: tensor '{name}' holds NaN or infinite values")
                 into[name] = t
+        if set(tensors) - expected:
+            raise NeatError(f"state file {path} is corrupted: unexpected tensor '{sorted(set(tensors) - expected)[0]}'")
         try:
             n_pending, position, patches = int(meta["pending"]), int(meta["position"]), int(meta["patches"])
         except (KeyError, ValueError):
             raise NeatError(f"state file {path} is corrupted: bad metadata") from None
-        pending = tensors["pending"].tobytes()[:n_pending] if "pending" in tensors else None
-        if "pending_tokens" in tensors:
-            pending = tensors["pending_tokens"][:n_pending].astype(np.int64)
-        if pending is None or len(pending) != n_pending or n_pending >= self.config.segment_len:
-            raise NeatError(f"state file {path} is corrupted: bad pending bytes")
+        raw = tensors.get("pending_tokens", tensors.get("pending"))
+        if (("pending" in tensors) == ("pending_tokens" in tensors) or raw.ndim != 1
+                or raw.dtype != (np.int64 if "pending_tokens" in tensors else np.uint8)
+                or len(raw) != n_pending + 1 or n_pending >= self.config.segment_len or n_pending < 0
+                or patches < 0 or position < n_pending):
+            raise NeatError(f"state file {path} is corrupted: bad pending bytes or counters")
+        pending = raw[:n_pending].tobytes() if raw.dtype == np.uint8 else raw[:n_pending].astype(np.int64)
+        validation.check_tokens(pending, self.config, f"state file {path}")
         self.state, self.patch_state, self._pending, self.position = state, patch_state, pending, position
         self.committed_patches, self._pending_patches = patches, 0
