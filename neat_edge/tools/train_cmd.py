@@ -8,7 +8,7 @@ import typer
 
 from neat_edge.config import NeatConfig, preset
 from neat_edge.errors import NeatError
-from neat_edge.tools.common import console
+from neat_edge.tools.common import check_torch_device, console
 from neat_edge.training.train import PRECISIONS, TrainOptions, train
 
 
@@ -64,6 +64,7 @@ def train_command(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Train a model (AdamW, cosine schedule, clipping, chained segments, resumable) and save a checkpoint."""
+    check_torch_device(device)
     if expert is not None:  # a Transformer² expert instead (options left at default take the expert defaults)
         from neat_edge.tools.experts_cmd import train_expert_cli
 
@@ -76,11 +77,6 @@ def train_command(
     cfg = NeatConfig.load(config) if config else preset(preset_name or "tiny")
     if precision not in PRECISIONS:
         raise NeatError(f"unknown --precision '{precision}' (choose from {', '.join(PRECISIONS)})")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise NeatError("--device cuda asked for, but no CUDA device is available")
     opts = TrainOptions(steps=steps, batch_size=batch_size, segments=segments, tbptt=tbptt, lr=lr, seed=seed,
                         warmup=warmup, device=device, precision=precision, grad_checkpointing=grad_checkpointing,
                         eval_every=eval_every, eval_bytes=eval_bytes, save_every=save_every, max_minutes=max_minutes,
