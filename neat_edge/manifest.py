@@ -98,7 +98,7 @@ def check_graph_entry(w: Where, field: str, entry) -> dict:
             name = w.typed(t.get("name"), str, f"{at}.name")
             if not name or name in tensors:
                 w.fail(f"{at}.name", f"{name!r} is empty or named twice")
-            if t.get("dtype") not in DTYPES:
+            if not isinstance(t.get("dtype"), str) or t["dtype"] not in DTYPES:
                 w.fail(f"{at}.dtype", f"{t.get('dtype')!r} is not one of {', '.join(sorted(DTYPES))}")
             for d in w.typed(t.get("shape"), list, f"{at}.shape"):
                 if isinstance(d, str) and d:

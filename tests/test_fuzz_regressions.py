@@ -92,6 +92,7 @@ def test_bit_flipped_state_file(session, tmp_path):
     (lambda m: m["graphs"]["onnx"]["inputs"][3].__setitem__("shape", [10**12]), "shape"),  # was MemoryError
     (lambda m: m["graphs"]["onnx"]["inputs"][3].__setitem__("shape", [-1]), "shape"),  # was ValueError
     (lambda m: m.__setitem__("graphs", []), "graphs"),  # was TypeError
+    (lambda m: m["graphs"]["onnx"]["outputs"][7].__setitem__("dtype", []), "dtype"),  # broke the new check itself
     (lambda m: (m["config"].__setitem__("segment_len", 64), m.pop("fingerprint")), "config"),  # was accepted
 ])
 def test_mutated_manifests(bundle_dir, tmp_path, edit, match):
