@@ -20,7 +20,7 @@ CATEGORY = {"manifest": "bundles", "state": "states", "expert": "experts"}
 @pytest.mark.parametrize("target", sorted(CATEGORY))
 def test_atheris(bundle_dir, tmp_path, target):
     proc = subprocess.run([sys.executable, "-m", "tests.atheris_targets", target, str(bundle_dir), str(tmp_path),
-                           "-runs=3000", "-seed=20240611"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+                           "-runs=10000", "-seed=20240611"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     done = re.search(r"Done (\d+) runs", proc.stderr)
     assert proc.returncode == 0 and done, proc.stderr[-4000:]
     CASES[CATEGORY[target]] += int(done.group(1))
