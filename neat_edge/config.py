@@ -22,11 +22,20 @@ N_SPECIALS = 4
 IMAGE_BASE = 256 + N_SPECIALS
 IMAGE_DOWNSAMPLE = 8  # MVoT: one VQ code per 8x8 pixels (model/vq.py: three stride-2 convolutions)
 MEMORY_ARCHS = ("mac", "mag", "mal")
+# How a chunk is written into the Titans memory (model/titans.py): "titans" = Eq 13-18 (a chunk's gradients
+# taken at its start, momentum), "delta" = the exact gated delta rule (Eq 32-34 with η = 0, every token sees
+# the memory the tokens before it left; linear memory only, model/delta_rule.py).
+MEMORY_RULES = ("titans", "delta")
+# The "titans" rule's chunk step: sum (Eq 16-18 as written), mean (TTT's averaged mini-batch gradient),
+# huber (Huber-capped per-token error), newton_schulz (the chunk's update orthogonalised, as in Muon / Atlas).
+MEMORY_STEPS = ("sum", "mean", "huber", "newton_schulz")
 SVF_SCOPES = ("latent", "all")  # where SVF linears sit: latent layers only, or local layers too
 
 
 FLOAT_FIELDS = ("memory_theta_max", "memory_theta_init")
-OMIT_WHEN_DEFAULT = {"memory_theta_max": 0.02, "memory_theta_init": 0.01}
+OMIT_WHEN_DEFAULT = {"memory_theta_max": 0.02, "memory_theta_init": 0.01, "memory_rule": "titans",
+                     "memory_step": "sum", "memory_key_shift": 0}
+STRING_FIELDS = ("name", "memory_arch", "patching", "patch_pooling", "svf_scope", "memory_rule", "memory_step")
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,14 @@ class NeatConfig:
     # recalls spread-out keys but overshoots on correlated ones (README, memory ablation).
     memory_theta_max: float = 0.02
     memory_theta_init: float = 0.01
+    # The write rule (MEMORY_RULES) and, for "titans", its chunk step (MEMORY_STEPS); both written only when set.
+    memory_rule: str = "titans"
+    memory_step: str = "sum"
+    # 1: the memory is initialised to store "what followed this context": its short convolution starts as
+    # keys from the previous patch and values from the current one, the query projection as a copy of the
+    # key projection, so a write keys patch p's value by patch p−1 and a later query from that same
+    # content reads back what came after it, before any training (an init only: the layers are the same).
+    memory_key_shift: int = 0
     # --- Transformer² experts and MVoT images ---
     svf_scope: str = "latent"  # SVF linears (driven by svf_z): latent (attention + MLP) or all (+ local layers)
     n_experts: int = 4  # dispatch-head outputs: the most experts the classifier can route between
@@ -98,7 +115,7 @@ class NeatConfig:
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("name", "memory_arch", "patching", "patch_pooling", "svf_scope"):
+            if f.name in STRING_FIELDS:
                 if not isinstance(value, str) or not value:
                     raise NeatError(f"config field '{f.name}' must be a non-empty string")
                 continue
@@ -109,14 +126,15 @@ class NeatConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise NeatError(f"config field '{f.name}' must be an integer, got {value!r}")
             low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window", "ngram_buckets",
-                                  "target_patch_len", "memory_max_grad_norm") else 1
+                                  "target_patch_len", "memory_max_grad_norm", "memory_key_shift") else 1
             if value < low:
                 raise NeatError(f"config field '{f.name}' must be >= {low}, got {value}")
         if self.memory_arch not in MEMORY_ARCHS:
             raise NeatError(f"config field 'memory_arch' must be one of {', '.join(MEMORY_ARCHS)}, "
                             f"got {self.memory_arch!r}")
         for name, allowed in (("patching", ("fixed", "entropy")), ("patch_pooling", ("mean", "cross")),
-                              ("svf_scope", SVF_SCOPES)):
+                              ("svf_scope", SVF_SCOPES), ("memory_rule", MEMORY_RULES),
+                              ("memory_step", MEMORY_STEPS)):
             if getattr(self, name) not in allowed:
                 raise NeatError(f"config field '{name}' must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, name)!r}")
@@ -131,8 +149,19 @@ class NeatConfig:
             raise NeatError("config field 'd_model' must be divisible by 'memory_heads'")
         if not 1 <= self.memory_depth <= 4:
             raise NeatError(f"config field 'memory_depth' must be in 1..4, got {self.memory_depth}")
+        if self.memory_key_shift not in (0, 1):
+            raise NeatError(f"config field 'memory_key_shift' must be 0 or 1, got {self.memory_key_shift}")
         if self.memory_theta_init >= self.memory_theta_max:
             raise NeatError("config field 'memory_theta_init' must be below 'memory_theta_max'")
+        if self.memory_rule == "delta":
+            if self.memory_depth != 1:
+                raise NeatError(f"config field 'memory_rule' 'delta' needs a linear memory: set 'memory_depth' to 1 "
+                                f"(got {self.memory_depth})")
+            changed = [k for k in ("memory_theta_max", "memory_theta_init", "memory_step")
+                       if getattr(self, k) != OMIT_WHEN_DEFAULT[k]]
+            if changed:
+                raise NeatError(f"config field '{changed[0]}' applies to memory_rule 'titans' only (the delta rule's "
+                                "step is β_t = σ(·) ≤ 1, exact per token)")
         if self.segment_len % self.patch_size:
             raise NeatError("config field 'segment_len' must be a multiple of 'patch_size'")
 

@@ -65,7 +65,9 @@ class GraphSpec:
 
 STATE_DOCS = {"weight": "Titans memory MLP weights (Eq 13)", "momentum": "surprise momentum S (Eq 14)",
               "conv_in": "short-convolution history of the memory projections",
-              "conv_out": "short-convolution history of the MAC output projections"}
+              "conv_out": "short-convolution history of the MAC output projections",
+              "rows": "attention key rows of the last attn_window patches (sliding window across segments)",
+              "valid": "1 where a carried window row holds a patch"}
 
 
 def state_specs(model: NeatModel) -> list[TensorSpec]:
@@ -118,3 +120,59 @@ def image_decoder_spec(cfg) -> GraphSpec:
     return GraphSpec("image_decoder",
                      (TensorSpec("image_codes", "int64", ("batch", g, g), "VQ codes of one image, row-major grid"),),
                      (TensorSpec("pixels", "float32", ("batch", size, size, 3), "RGB in [0, 1], channel-last"),))
+
+
+# --- incremental decoding (model/decode.py): graphs with their caches as state ------------------------
+CACHE_IN, CACHE_OUT = "cache.", "next_cache."
+SVF_IN = "svf."  # a decode graph's SVF layer weights for the current z, from decode_svf (model/graphs.py)
+DECODE_GRAPHS = ("decode_start", "decode_byte", "decode_patch", "decode_commit", "decode_chunk")
+ENTROPY_DECODE_GRAPHS = ("entropy_decode_start", "entropy_decode_byte")
+DECODE_INPUTS = {  # the per-step inputs a decode graph may take besides svf_z, state.* and cache.*
+    "token": ("int64", ("batch", 1), "the byte (or MVoT token) just appended to the stream"),
+    "position": ("int64", ("batch",), "its index in the segment"),
+    "patch": ("int64", ("batch",), "index in the segment of its patch"),
+    "patch_start": ("int64", ("batch",), "segment index of that patch's first byte"),
+    "close": ("float32", ("batch",), "1 where the byte closes its patch (streams of a batch may differ), else 0"),
+    "chunk": ("int64", ("batch",), "index of the memory chunk just completed"),
+}
+CACHE_DOCS = {
+    "tokens": "encoder window: context bytes then the segment's bytes so far",
+    "seg_hidden": "normed encoder hidden of the segment's bytes so far (patch pooling)",
+    "enc": "local encoder self-attention", "dec": "local decoder self-attention",
+    "cross": "decoder cross-attention over [carried latent ‖ the segment's closed patches]",
+    "latent": "latent layer: attention over the segment's patches, convolution histories, write inputs",
+    "chunk": "Titans memory at the current chunk's start (memory_chunks > 1)",
+}
+
+
+def cache_from_state(name: str) -> str | None:
+    """The state tensor a decode cache starts each segment from, when it is one (the runtime copies it;
+    no graph outputs an input unchanged): a latent layer's convolution histories continue the committed
+    ones, and the chunk-start memory (memory_chunks > 1) starts as the segment-start memory."""
+    parts = name.split(".")
+    if parts[0] == "latent" and parts[2].startswith("conv_"):
+        return f"memory.{parts[1]}.{parts[2]}"
+    if parts[0] == "chunk":
+        return "memory." + ".".join(parts[1:])
+    return None
+
+
+def cache_group(name: str) -> str:
+    """enc (encoder window), dec (decoder self-attention), cross (latents the decoder reads), latent
+    (per latent layer), chunk (chunk-start memory): which graphs read and write a cache."""
+    if name in ("tokens", "seg_hidden") or name.startswith("enc."):
+        return "enc"
+    if name.startswith("dec."):
+        return "cross" if ".cross_" in name else "dec"
+    return name.split(".")[0]
+
+
+def cache_specs(layout: dict) -> list[TensorSpec]:
+    """layout: name -> (shape after batch, dtype) (model/decode.py cache_layout)."""
+    return [TensorSpec(name, dtype, ("batch", *shape), CACHE_DOCS[cache_group(name)])
+            for name, (shape, dtype) in layout.items()]
+
+
+def decode_input(name: str) -> TensorSpec:
+    dtype, shape, doc = DECODE_INPUTS[name]
+    return TensorSpec(name, dtype, shape, doc)

@@ -147,13 +147,13 @@ class FakeMLModel:
     """Stands in for MLModel.predict off macOS: runs the same PyTorch step, fed and read through the
     Core ML names, dtypes and (fp16) states that the converted model declares."""
 
-    def __init__(self, model, entry):
+    def __init__(self, model, entry, module=None, spec=None):
         import torch
 
         from neat_edge.model.graphs import StepModule
 
-        self.torch, self.spec = torch, step_spec(model)
-        self.module, self.entry = StepModule(model, self.spec).eval(), entry
+        self.torch, self.spec = torch, spec or step_spec(model)
+        self.module, self.entry = (module or StepModule(model, self.spec)).eval(), entry
 
     def make_state(self):
         self.written = []
@@ -243,3 +243,47 @@ def test_coreml_backend_off_macos_is_one_clear_error(explicit):
     bundle, _, _ = explicit
     with pytest.raises(NeatError, match="only on macOS"):
         open_session(bundle.path, "coreml")
+
+
+@pytest.mark.parametrize("variant", ["explicit", "stateful"])
+def test_decode_graphs_convert_and_generate_through_the_backend(variant, request, model):
+    """Every decode graph converts (explicit I/O; stateful: each cache pair a Core ML state, iOS 18), and
+    generation runs through CoreMLBackend's names, int32 and fp16-state handling with the real Decoder
+    (each converted graph's computation stood in for by its PyTorch module off macOS)."""
+    from neat_edge.model.graphs import DecodeGraph, DecodeSvfGraph, ImageHeadGraph
+    from neat_edge.runtimes import open_model_session
+    from neat_edge.runtimes.coreml import CoreMLBackend
+    from neat_edge.runtimes.decoding import DecodeGraphs
+    from neat_edge.spec import GraphSpec
+
+    bundle, _, _ = request.getfixturevalue(variant)
+    entries = bundle.manifest["decode"]["graphs"]["coreml"]
+    assert {"decode_start", "decode_byte", "decode_patch", "decode_commit", "decode_svf"} <= set(entries)
+    graphs = {}
+    for name, entry in entries.items():
+        spec = GraphSpec.from_dict(entry)
+        mlspec = ct.models.MLModel(str(bundle.path / entry["file"]), skip_model_load=True).get_spec()
+        held = set(entry["states"])
+        assert {f.name for f in mlspec.description.input} == {coreml_name(n) for n in spec.input_names if n not in held}
+        assert {f.name for f in mlspec.description.state} == {coreml_name(n) for n in held}
+        if variant == "stateful" and name in ("decode_byte", "decode_patch"):  # every float cache pair
+            dtypes = {t.name: t.dtype for t in spec.inputs}
+            assert held == {i for i, _ in spec.state if dtypes[i] == "float32"}
+            assert entry["minimum_deployment_target"] == "iOS18"
+        module = {"decode_svf": DecodeSvfGraph, "decode_image_head": None}.get(name, DecodeGraph)
+        module = ImageHeadGraph(model) if module is None else module(model, spec)
+        graphs[name] = CoreMLBackend(bundle.path / entry["file"], spec, entry,
+                                     model=FakeMLModel(model, entry, module, spec))
+    session = open_model_session(model)
+    reference = session.generate(b"def parse(text):\n", 300)
+    session.reset()
+    session.decode_graphs = DecodeGraphs({n: g for n, g in graphs.items() if n != "decode_image_head"},
+                                         image_head=graphs.get("decode_image_head"))
+    out, logprobs = session.generate(b"def parse(text):\n", 300, return_logprobs=True)
+    session.reset()
+    session.decode_graphs = None  # the segment step alone
+    segment = session.score(b"def parse(text):\n" + out)[-300:]
+    tol = 1e-5 if variant == "explicit" else STATEFUL_TOL  # Core ML keeps states in fp16
+    np.testing.assert_allclose(logprobs, segment, atol=tol, rtol=0)
+    if variant == "explicit":
+        assert out == reference

@@ -152,3 +152,23 @@ def test_tensorrt_engine_parity(cli_export, corpus):
     r = report["backends"]["tensorrt"]
     assert r["max_abs_logprob_diff"] <= 1e-3 and r["top1_agreement"] >= 0.999
     assert r["state_max_rel_diff"] <= 1e-2
+
+
+def test_decode_graphs_are_tensorrt_ready_with_batch_profiles(cli_export):
+    """The decode graphs go through the same TensorRT-ready path: checked ONNX, one profile over the batch
+    axis only (every cache has a fixed size), an engine recipe each; the export's decode parity ran them
+    (through ONNX Runtime) against the segment step."""
+    out, p = cli_export
+    manifest = json.loads((out / "neat.json").read_text())
+    entries = manifest["decode"]["graphs"]["tensorrt"]
+    assert {"decode_start", "decode_byte", "decode_patch", "decode_commit", "decode_svf"} <= set(entries)
+    for name, entry in entries.items():
+        graph = onnx.load(str(out / entry["file"]))
+        assert unsupported_ops(graph) == [], name
+        assert {i.name for i in graph.graph.input} == {t["name"] for t in entry["inputs"]}, name
+        for shapes in entry["profiles"].values():
+            dynamic = [k for k, (lo, hi) in enumerate(zip(shapes["min"], shapes["max"])) if lo != hi]
+            assert dynamic == [0], name  # the batch axis alone
+        assert (out / entry["trtexec"]).is_file() and entry["engine"] == f"{name}.plan"
+    decode = manifest["parity"]["decode"]["backends"]["onnxruntime (tensorrt onnx)"]
+    assert decode["passed"] and decode["same_bytes_as_reference"]

@@ -41,3 +41,19 @@ def sequential_update(state, k, v, alpha, theta, eta, chunk_size, mask=None, max
         momentum = [keep * n + (1 - keep) * o for n, o in zip(new_momentum, momentum)]
         weights = [keep * n + (1 - keep) * o for n, o in zip(new_weights, weights)]
     return {"weights": weights, "momentum": momentum}
+
+
+def sequential_delta(weights, k, v, alpha, beta, mask=None):
+    """The gated delta rule token by token (model/delta_rule.py; Gated DeltaNet's recurrence, as
+    flash-linear-attention's naive reference): W_t = g_t W_{t-1} + β_t (v_t − g_t W_{t-1} k_t) k_tᵀ,
+    g_t = 1 − α_t. weights [B,H,d_out,d_in]; k, v [B,H,T,d]; alpha, beta, mask [B,H,T]. Differentiable."""
+    w = weights
+    for t in range(k.shape[2]):
+        kt, vt = k[:, :, t, :, None], v[:, :, t, :, None]  # column vectors
+        g, b = (1 - alpha[:, :, t, None, None]), beta[:, :, t, None, None]
+        if mask is not None:
+            m = mask[:, :, t, None, None]
+            g, b = m * g + (1 - m), m * b
+        w = g * w
+        w = w + b * (vt - w @ kt) @ kt.transpose(-1, -2)
+    return w

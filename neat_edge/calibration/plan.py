@@ -101,6 +101,8 @@ def quantize_graph(source, work: Path, plan: CalibrationPlan) -> tuple[onnx.Mode
     fp32_path, int8_path = work / "fp32.onnx", work / "int8.onnx"
     t0 = time.time()
     _fp32_onnx(source, fp32_path)
+    if source.spec.name != "step":  # a decode graph: its own feeds, recorded over the same files
+        return _quantize_decode_graph(source, fp32_path, int8_path, plan, t0)
     reader = StreamCalibrationReader(plan.session_factory, plan.files, plan.segments_per_file, plan.max_segments,
                                      input_names=source.spec.input_names)
     samples = len(reader.all_feeds())
@@ -118,6 +120,41 @@ def quantize_graph(source, work: Path, plan: CalibrationPlan) -> tuple[onnx.Mode
     report = {**nodes.summary(), "calibration_samples": samples, "seconds": round(time.time() - t0, 1),
               "accuracy": {"corpus": corpus, "bytes": len(data), "bits_per_byte_fp32": fp32_bpb,
                            "bits_per_byte": int8_bpb, "bits_per_byte_delta": int8_bpb - fp32_bpb}}
+    plan.reports[source.stem] = report
+    return onnx.load(str(int8_path)), report
+
+
+class FeedsReader:
+    """onnxruntime.quantization's CalibrationDataReader over recorded feed dicts."""
+
+    def __init__(self, feeds: list[dict], input_names):
+        self.feeds = [{k: v for k, v in f.items() if k in set(input_names)} for f in feeds]
+        self.rewind()
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.feeds)
+
+
+def _quantize_decode_graph(source, fp32_path: Path, int8_path: Path, plan: CalibrationPlan, t0: float):
+    """A decode graph (model/decode.py) to int8 on the decode feeds recorded over the calibration files
+    (GraphSource.calibrate). Its SVF products take their weights as inputs (decode_svf), which static
+    int8 cannot quantize: what is left are the graph's own weight MatMuls (patch and latent projections,
+    gates); a graph with none stays fp32, and says so. Accuracy: the bundle's decode parity."""
+    from neat_edge.calibration.int8 import plan_nodes
+
+    graph = onnx.load(str(fp32_path))
+    if not plan_nodes(graph, plan.options.exclude).quantize:
+        report = {"quantized_matmuls": 0, "precision": "fp32", "seconds": round(time.time() - t0, 1),
+                  "why": "no weight MatMul of its own outside the memory and the excluded groups"}
+        plan.reports[source.stem] = report
+        return graph, report
+    feeds = source.calibrate()
+    nodes = quantize_static_qdq(fp32_path, int8_path, FeedsReader(feeds, source.spec.input_names), plan.options)
+    report = {**nodes.summary(), "calibration_samples": len(feeds), "precision": "int8",
+              "seconds": round(time.time() - t0, 1)}
     plan.reports[source.stem] = report
     return onnx.load(str(int8_path)), report
 

@@ -24,7 +24,7 @@ class Int8OnnxTarget:
         return self.build_graph(step_source(model, spec), out_dir)
 
     def build_graph(self, source: GraphSource, out_dir: Path) -> dict:
-        from neat_edge.export.onnx import OPSET, OnnxTarget, _save
+        from neat_edge.export.onnx import OPSET, OnnxTarget, _save, spec_for_graph
 
         if source.calibrate is None:  # a graph without calibration feeds (the entropy model) stays fp32
             return OnnxTarget("fp32").build_graph(source, out_dir)
@@ -36,7 +36,9 @@ class Int8OnnxTarget:
         path = Path(out_dir) / f"{source.stem}.onnx"
         with tempfile.TemporaryDirectory() as tmp:
             graph, report = quantize_graph(source, Path(tmp), plan)
-        _save(graph, path, "int8")
-        return {"file": path.name, "target": self.name, "precision": "int8", "opset": OPSET,
+        precision = report.get("precision", "int8")  # a decode graph with nothing to quantize stays fp32
+        _save(graph, path, precision)
+        return {"file": path.name, "target": self.name, "precision": precision, "opset": OPSET,
+                **spec_for_graph(graph, source.spec),
                 "nodes": len(graph.graph.node), "ops": sorted({n.op_type for n in graph.graph.node}),
                 "calibration": {**plan.settings(), **report}}

@@ -97,6 +97,85 @@ def step_source(model: NeatModel, spec: GraphSpec, patching=None) -> GraphSource
                        calibrate=lambda: record_step_feeds(model, patching))
 
 
+def decode_example_inputs(model: NeatModel, batch: int = 2) -> dict[str, torch.Tensor]:
+    """Inputs of every decode graph by name, from a real decode: a fresh stream, a few bytes in."""
+    from neat_edge.model.decode import IncrementalDecoder
+    from neat_edge.spec import CACHE_IN, STATE_IN
+
+    dec, z = IncrementalDecoder(model), model.default_svf_z()
+    state = model.initial_state(batch)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        _, _, cache = dec.start(state, z)
+        for i in range(3):
+            token = torch.randint(0, 256, (batch, 1), generator=gen)
+            cache = dec.byte(token, torch.full((batch,), i), torch.zeros(batch, dtype=torch.long), cache, z)[2]
+    from neat_edge.model.svf import svf_layers
+    from neat_edge.spec import SVF_IN
+
+    feeds = {"token": torch.randint(0, 256, (batch, 1), generator=gen), "svf_z": z,
+             **{SVF_IN + n: layer.dense_weight(z).detach() for n, layer in svf_layers(model) if layer.is_svf},
+             "position": torch.full((batch,), 3), "patch": torch.zeros(batch, dtype=torch.long),
+             "patch_start": torch.zeros(batch, dtype=torch.long), "close": torch.ones(batch),
+             "chunk": torch.zeros(batch, dtype=torch.long)}
+    feeds.update({STATE_IN + k: v for k, v in state.items()})
+    feeds.update({CACHE_IN + k: v for k, v in cache.items()})
+    # no two inputs may share storage (decode_start copies the memory into the chunk caches): the exporter
+    # would take aliased example inputs for one input and wire both names to it
+    return {k: v.clone() for k, v in feeds.items()}
+
+
+DECODE_DESCRIPTIONS = {
+    "decode_start": "starts a segment: the caches from the committed state, log p of its first byte",
+    "decode_byte": "one byte that leaves its patch open: log p of the next byte",
+    "decode_patch": "one byte that closes a patch: the patch through the latent layers, log p of the next byte",
+    "decode_commit": "the byte that completes a segment: the Titans memory write, the committed state",
+    "decode_chunk": "a completed chunk of patches written into the chunk-start memory",
+    "decode_svf": "svf_z -> the SVF layers' weights the other decode graphs take (once per z)",
+}
+
+
+def decode_sources(model: NeatModel, patching=None, images: bool = False) -> list[GraphSource]:
+    """The decode graphs (model/decode.py) as GraphSources: only the batch axis is dynamic (every cache
+    has a fixed size), so every target builds them as it builds the step graph. patching = (entropy
+    model, patcher): its decode graphs too; images: the image head (MVoT)."""
+    from neat_edge.export.quantize import decode_calibration
+    from neat_edge.model.graphs import (
+        DecodeGraph,
+        DecodeSvfGraph,
+        EntropyDecodeGraph,
+        ImageHeadGraph,
+        decode_specs,
+        entropy_decode_specs,
+        image_head_spec,
+    )
+
+    cfg, axes = model.cfg, {"batch": (1, 1, BATCH_MAX)}
+    feeds = decode_example_inputs(model)
+    record = decode_calibration(model, patching)
+    sources = [GraphSource(name, (DecodeSvfGraph if name == "decode_svf" else DecodeGraph)(model, spec).eval(),
+                           tuple(feeds[n] for n in spec.input_names), spec, {} if name == "decode_svf" else axes,
+                           f"NEAT-Edge {cfg.name} incremental decoding: {DECODE_DESCRIPTIONS[name]}",
+                           calibrate=lambda name=name: record()[name])
+               for name, spec in decode_specs(model).items()]
+    if images:
+        hidden = torch.randn(2, cfg.d_local, generator=torch.Generator().manual_seed(0))
+        sources.append(GraphSource("decode_image_head", ImageHeadGraph(model).eval(), (hidden,), image_head_spec(model),
+                                   axes, "NEAT-Edge MVoT image head: image-code logits from a decode graph's hidden"))
+    if patching is not None:
+        entropy_model = patching[0]
+        context = entropy_model.initial_state(2)["byte_context"]
+        with torch.no_grad():
+            cache = entropy_model.decode_start(context)[1]
+        ent = {STATE_IN + "byte_context": context, "token": feeds["token"], "position": torch.zeros(2, dtype=torch.long),
+               **{"cache." + k: v for k, v in cache.items()}}
+        for name, spec in entropy_decode_specs(entropy_model).items():
+            sources.append(GraphSource(name, EntropyDecodeGraph(entropy_model, spec).eval(),
+                                       tuple(ent[n] for n in spec.input_names), spec, axes,
+                                       "NEAT-Edge BLT entropy model, one byte at a time: where patches start"))
+    return sources
+
+
 def entropy_source(model) -> GraphSource:
     from neat_edge.spec import entropy_spec
 

@@ -68,6 +68,7 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
         patching_entry = {"kind": "entropy", **asdict(patcher), "entropy_context_len": entropy_model.cfg.context_len,
                           "graphs": entropy_graphs}
     images_entry = _write_image_decoder(model, targets, out_dir, on_target)
+    decode_entry = _write_decode_graphs(model, targets, out_dir, on_target, patching, images_entry is not None)
     from neat_edge.experts import write_bundle_experts
 
     library = write_bundle_experts(model, out_dir)
@@ -80,6 +81,7 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
         "graphs": graphs, "initial_state": INITIAL_STATE, "checkpoint": CHECKPOINT_DIR,
         "files": {str(p.relative_to(out_dir)): sha256_file(p) for p in files},
         "tools": tool_versions(), "parity": None, "patching": patching_entry, "images": images_entry,
+        "decode": decode_entry,
     }
 
 
@@ -103,6 +105,31 @@ def _write_image_decoder(model: NeatModel, targets, out_dir: Path, on_target=Non
     cfg = model.cfg
     return {"grid": cfg.image_grid, "codebook_size": cfg.image_codebook_size, "image_size": image_size(cfg),
             "graphs": graphs}
+
+
+def _write_decode_graphs(model: NeatModel, targets, out_dir: Path, on_target=None, patching=None,
+                         images: bool = False) -> dict:
+    """The incremental-decoding graphs (model/decode.py), built by every target like the step graph, and
+    the caches they carry (name, dtype, shape, maximum length: every cache has a fixed size)."""
+    from neat_edge.export.base import decode_sources
+    from neat_edge.model.decode import cache_layout
+
+    graphs = {}
+    for target in targets:
+        entries = {}
+        for source in decode_sources(model, patching, images):
+            entry = target.build_graph(source, out_dir)
+            entries[source.stem] = {**source.spec.to_dict(), **entry}  # a target may narrow the spec (unused inputs)
+            if on_target:
+                on_target(f"{target.name} ({source.stem})", out_dir / entry["file"])
+        graphs[target.name] = entries
+    caches = [{"name": name, "dtype": dtype, "shape": ["batch", *shape], "max_length": shape[-2] if len(shape) > 1
+               else shape[0]} for name, (shape, dtype) in cache_layout(model).items()]
+    if patching is not None:
+        caches += [{"name": "entropy." + name, "dtype": dtype, "shape": ["batch", *shape], "max_length": shape[-2]}
+                   for name, (shape, dtype) in patching[0].cache_layout().items()]
+    return {"graphs": graphs, "caches": caches, "segment_len": model.cfg.segment_len,
+            "context_len": model.cfg.context_len, "memory_chunks": model.cfg.memory_chunks}
 
 
 def staging_dir(out: Path) -> Path:

@@ -35,7 +35,7 @@ from neat_edge.export.base import GraphSource, step_source
 from neat_edge.export.precision import check_precision, in_memory_code, require_memory_ops, strict_program
 from neat_edge.model.neat import NeatModel
 from neat_edge.runtimes.coreml import import_coremltools
-from neat_edge.spec import STATE_IN, STATE_OUT, GraphSpec
+from neat_edge.spec import STATE_OUT, GraphSpec
 
 AUTHOR, LICENSE = "NEAT-Edge", "Apache-2.0"
 # The oldest targets that convert: ML programs with flexible (RangeDim) inputs exist since iOS 15 / macOS 12;
@@ -169,7 +169,10 @@ class CoreMLTarget:
     def build_graph(self, source: GraphSource, out_dir: Path) -> dict:
         ct = import_coremltools()
         spec = source.spec
-        held = [t.name for t in spec.inputs if self.stateful and t.name.startswith(STATE_IN) and t.dtype == "float32"]
+        # Core ML states: the float inputs the graph hands back updated (its state pairs: the step graph's
+        # state, a decode graph's caches); read-only inputs stay inputs
+        paired = {i for i, _ in spec.state}
+        held = [t.name for t in spec.inputs if self.stateful and t.name in paired and t.dtype == "float32"]
         batch_args = _fix_batch(source)
         if held:
             module = StatefulGraph(source, held, batch_args)

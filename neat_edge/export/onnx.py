@@ -41,12 +41,15 @@ def _torch_onnx_export(model, args: tuple, spec: GraphSpec, dynamic_shapes):
             raise NeatError(f"ONNX export of graph '{spec.name}' failed: {str(exc).splitlines()[0]}") from exc
 
 
-def _entry(graph: onnx.ModelProto, path: Path, precision: str, **extra) -> dict:
+def _entry(graph: onnx.ModelProto, path: Path, precision: str, spec: GraphSpec | None = None, **extra) -> dict:
+    """The manifest entry of a saved graph; with `spec`, narrowed to the inputs the graph kept."""
     return {"file": path.name, "target": "onnx", "precision": precision, "opset": OPSET,
-            "nodes": len(graph.graph.node), "ops": sorted({n.op_type for n in graph.graph.node}), **extra}
+            "nodes": len(graph.graph.node), "ops": sorted({n.op_type for n in graph.graph.node}), **extra,
+            **(spec_for_graph(graph, spec) if spec is not None else {})}
 
 
 def _save(graph: onnx.ModelProto, path: Path, precision: str) -> None:
+    drop_unused_inputs(graph)
     onnx.helper.set_model_props(graph, {PRECISION_KEY: precision})
     onnx.save(graph, str(path))
     onnx.checker.check_model(str(path))
@@ -64,7 +67,24 @@ def export_graph(module: torch.nn.Module, args: tuple, spec: GraphSpec, dynamic_
     program.save(str(path))
     graph = onnx.load(str(path))
     _save(graph, path, "fp32")
-    return _entry(graph, path, "fp32")
+    return _entry(graph, path, "fp32", spec)
+
+
+def drop_unused_inputs(graph: onnx.ModelProto) -> None:
+    """Remove graph inputs no node reads (a decode graph's spec lists what any memory variant may need):
+    runtimes then feed only what the graph uses, and TensorRT, which drops unused inputs from an engine,
+    sees the same inputs as every other target."""
+    read = {i for n in graph.graph.node for i in n.input} | {o.name for o in graph.graph.output}
+    for i in [i for i in graph.graph.input if i.name not in read]:
+        graph.graph.input.remove(i)
+
+
+def spec_for_graph(graph: onnx.ModelProto, spec: GraphSpec) -> dict:
+    """The spec's inputs and state pairs restricted to the inputs `graph` has (its manifest entry)."""
+    names = {i.name for i in graph.graph.input}
+    kept = GraphSpec(spec.name, tuple(t for t in spec.inputs if t.name in names), spec.outputs,
+                     tuple((i, o) for i, o in spec.state if i in names))
+    return {"inputs": kept.to_dict()["inputs"], "state": kept.to_dict()["state"]}
 
 
 def strict_onnx_program(source: GraphSource):
@@ -85,7 +105,7 @@ def export_fp16_graph(source: GraphSource, path: Path) -> dict:
         half = convert_float_to_float16(graph, keep_io_types=True, node_block_list=keep)
     half = _tidy_fp16(half)
     _save(half, path, "fp16")
-    return _entry(half, path, "fp16", fp32_memory_nodes=len(keep))
+    return _entry(half, path, "fp16", source.spec, fp32_memory_nodes=len(keep))
 
 
 def _tidy_fp16(half: onnx.ModelProto) -> onnx.ModelProto:

@@ -13,7 +13,14 @@ from neat_edge.calibration.coreml import COMPRESSIONS as COREML_COMPRESSIONS  # 
 from neat_edge.errors import NeatError
 from neat_edge.export.bundle import install_bundle, staging_dir, write_bundle_files
 from neat_edge.export.precision import PRECISIONS, quiet_exporter_logs
-from neat_edge.export.verify import BPB_TOLERANCE, DEFAULT_TOLERANCE, backend_passed, parity_report, read_corpus
+from neat_edge.export.verify import (
+    BPB_TOLERANCE,
+    DEFAULT_TOLERANCE,
+    backend_passed,
+    decode_parity_report,
+    parity_report,
+    read_corpus,
+)
 from neat_edge.model.neat import NeatModel
 from neat_edge.spec import step_spec
 
@@ -111,9 +118,14 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
         failed = out.with_name(out.name + ".failed")
         shutil.rmtree(failed, ignore_errors=True)
         staged.rename(failed)
+        decode = manifest["parity"].get("decode") or {"backends": {}}
+        results = [(name, r) for name, r in manifest["parity"]["backends"].items()]
+        results += [(f"{name} decode graphs", r) for name, r in decode["backends"].items()]
         bad = [f"{name} ({r['precision']}: max |Δ log-prob| {r['max_abs_logprob_diff']:.3g}, "
-               f"Δ bits/byte {r['bits_per_byte_delta']:+.3g})"
-               for name, r in manifest["parity"]["backends"].items() if not r["passed"]]
+               f"Δ bits/byte {r['bits_per_byte_delta']:+.3g})" for name, r in results if not r["passed"]]
+        if decode.get("reference", {}).get("passed") is False:
+            bad.append(f"torch decode graphs (max |Δ log-prob| {decode['reference']['max_abs_logprob_diff']:.3g} "
+                       "vs its own segment step)")
         raise NeatError(f"parity check failed for {', '.join(bad)} (tolerances: {tolerance:g} for fp32, "
                         f"{BPB_TOLERANCE:g} bits/byte for fp16, {INT8_BPB_TOLERANCE:g} for int8); "
                         f"bundle kept at {failed} for inspection")
@@ -155,14 +167,19 @@ def verify_bundle(path: Path, manifest: dict, corpus, segments: int, tolerance: 
     data, name = read_corpus(corpus, segments, reference.config.segment_len)
     candidates, precisions, skipped = verification_sessions(path, manifest)
     report = parity_report(reference, candidates, data, precisions)
-    for result in report["backends"].values():
+    decode = decode_parity_report(reference, candidates, data, precisions=precisions) if reference.decode_graphs else None
+    for result in (*report["backends"].values(), *(decode or {}).get("backends", {}).values()):
         result["passed"] = backend_passed(result, tolerance, INT8_BPB_TOLERANCE if result["precision"] == "int8"
                                           else BPB_TOLERANCE)
+    if decode is not None:
+        decode["reference"]["passed"] = decode["reference"]["max_abs_logprob_diff"] <= tolerance
     worst = max((r["max_abs_logprob_diff"] for r in report["backends"].values()), default=0.0)
     images = image_decoder_parity(reference, candidates, precisions, tolerance)
+    decoded = [decode["reference"], *decode["backends"].values()] if decode else []
     return {**report, "corpus": name, "tolerance": tolerance, "bpb_tolerance": BPB_TOLERANCE,
             "max_abs_logprob_diff": worst, "skipped": skipped, **({"image_decoder": images} if images else {}),
-            "passed": all(r["passed"] for r in (*report["backends"].values(), *images.values()))}
+            **({"decode": decode} if decode else {}),
+            "passed": all(r["passed"] for r in (*report["backends"].values(), *images.values(), *decoded))}
 
 
 PIXEL_TOLERANCE_LOW_PRECISION = 1e-2  # fp16 graphs: well under one uint8 step (1/255) of most pixels

@@ -33,6 +33,11 @@ def in_memory_code(stack_trace: str | None) -> bool:
 
 
 def has_memory_state(spec) -> bool:
+    """Does the graph compute with the Titans memory (so its memory ops must be found and kept fp32)?
+    The step graph and decode_commit update it, decode_patch reads it; decode_start only copies the
+    segment's starting memory into its caches."""
+    if spec.name == "decode_start":
+        return False
     return any(n.startswith(STATE_IN + "memory.") for n in spec.input_names)
 
 

@@ -28,7 +28,7 @@ import onnx
 
 from neat_edge.errors import NeatError
 from neat_edge.export.base import GraphSource, step_source
-from neat_edge.export.onnx import OPSET, OnnxTarget, onnx_precision
+from neat_edge.export.onnx import OPSET, OnnxTarget, drop_unused_inputs, onnx_precision, spec_for_graph
 from neat_edge.export.precision import PRECISIONS, check_precision
 from neat_edge.export.tensorrt_ops import SOURCE, TENSORRT_VERSION, unsupported_ops
 from neat_edge.fileio import atomic_write
@@ -71,12 +71,13 @@ def check_tensorrt_ready(graph: onnx.ModelProto) -> onnx.ModelProto:
     return inferred
 
 
-def profile_shapes(source: GraphSource, max_batch: int) -> dict[str, dict[str, list[int]]]:
-    """One optimization profile: min / opt / max of every input that has a dynamic axis."""
+def profile_shapes(source: GraphSource, max_batch: int, inputs=None) -> dict[str, dict[str, list[int]]]:
+    """One optimization profile: min / opt / max of every input (of `inputs`, the names the graph kept,
+    when given) that has a dynamic axis."""
     bounds = {**source.axes, "batch": (1, 1, max_batch)}
     profiles = {}
     for t in source.spec.inputs:
-        if not t.dynamic_axes:
+        if not t.dynamic_axes or (inputs is not None and t.name not in inputs):
             continue
         profiles[t.name] = {kind: [bounds[d][k] if isinstance(d, str) else d for d in t.shape]
                             for k, kind in enumerate(("min", "opt", "max"))}
@@ -163,10 +164,11 @@ class TensorRTTarget:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph, simplifier = simplify(self._source_onnx(source, out_dir, precision), precision == "int8")
+        drop_unused_inputs(graph)  # simplification can leave an input no node reads
         check_tensorrt_ready(graph)
         onnx_file, engine_file = f"{source.stem}.trt.onnx", f"{source.stem}.plan"
         onnx.save(graph, str(out_dir / onnx_file))
-        profiles = profile_shapes(source, self.max_batch)
+        profiles = profile_shapes(source, self.max_batch, {i.name for i in graph.graph.input})
         recipe = f"{source.stem}.trtexec.sh"
         command = trtexec_command(onnx_file, engine_file, profiles, self.workspace_mb)
         script = f'#!/usr/bin/env bash\n# the engine build of neat-export --target tensorrt, as one trtexec command\n' \
@@ -177,6 +179,7 @@ class TensorRTTarget:
         if missing is None:
             build_engine(out_dir / onnx_file, out_dir / engine_file, profiles, self.workspace_mb)
         return {"file": onnx_file, "target": self.name, "precision": precision, "opset": OPSET,
+                **spec_for_graph(graph, source.spec),
                 "nodes": len(graph.graph.node), "ops": sorted({n.op_type for n in graph.graph.node}),
                 "simplifier": simplifier, "strongly_typed": True, "profiles": profiles,
                 "engine": engine_file, "engine_built": missing is None, "engine_missing": missing,

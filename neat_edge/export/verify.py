@@ -94,3 +94,43 @@ def backend_passed(result: dict, tolerance: float = DEFAULT_TOLERANCE, bpb_toler
     if result.get("precision", "fp32") == "fp32":
         return result["max_abs_logprob_diff"] <= tolerance
     return abs(result["bits_per_byte_delta"]) <= bpb_tolerance
+
+
+DECODE_BYTES = 256  # greedy bytes generated through the decode graphs (2 segment boundaries of the tiny)
+
+
+def decode_parity_report(reference: Session, candidates: dict[str, Session], data: bytes, n_bytes: int = DECODE_BYTES,
+                         precisions: dict[str, str] | None = None) -> dict:
+    """Incremental decoding against the segment step: each session (the reference too) generates n_bytes
+    greedily through its decode graphs after a prompt that ends mid-segment; its log-probs are compared
+    with the reference's segment step scoring the same prompt + bytes in a fresh stream. Also whether it
+    generated the reference's bytes. Sessions without decode graphs are left out."""
+    seg = reference.config.segment_len
+    prompt = data[: seg + seg // 2]
+
+    def segment_scores(generated: bytes) -> np.ndarray:
+        reference.reset()
+        decode, reference.decode_graphs = reference.decode_graphs, None  # the segment step alone
+        try:
+            return reference.score(prompt + generated)[len(prompt):].astype(np.float64)
+        finally:
+            reference.decode_graphs = decode
+
+    report = {"prompt_bytes": len(prompt), "bytes": n_bytes, "backends": {}}
+    reference.reset()
+    ref_bytes, ref_lp = reference.generate(prompt, n_bytes, return_logprobs=True)
+    report["reference"] = {"backend": reference.backend.name,
+                           "max_abs_logprob_diff": float(np.abs(ref_lp - segment_scores(ref_bytes)).max())}
+    for name, session in {"reference": reference, **candidates}.items():
+        if session.decode_graphs is None or name == "reference":
+            continue
+        session.reset()
+        out, lp = session.generate(prompt, n_bytes, return_logprobs=True)
+        teacher = segment_scores(out)
+        report["backends"][name] = {
+            "max_abs_logprob_diff": float(np.abs(lp - teacher).max()),
+            "bits_per_byte_delta": bits_per_byte(lp) - bits_per_byte(teacher),
+            "same_bytes_as_reference": out == ref_bytes,
+            "precision": (precisions or {}).get(name, "fp32"),
+        }
+    return report

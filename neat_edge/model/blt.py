@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from neat_edge.config import NeatConfig
-from neat_edge.model.layers import MLP, Attention, RMSNorm
+from neat_edge.model.layers import MLP, Attention, RMSNorm, write_slot
 
 
 class LocalBlock(nn.Module):
@@ -29,13 +29,33 @@ class LocalBlock(nn.Module):
         self.norm_attn, self.attn = RMSNorm(dim), Attention(dim, heads, svf=svf, svf_init=init)
         self.norm_mlp, self.mlp = RMSNorm(dim), MLP(dim, 4, svf=svf, svf_init=init)
 
-    def forward(self, x, pos, cross_kv=None, cross_mask=None, z=None):
+    def forward(self, x, pos, cross_kv=None, cross_mask=None, z=None, keep_kv: list | None = None):
+        """Causal over positions pos [T]. keep_kv (a list) receives this layer's self-attention (k, v):
+        a prefill fills a decode cache with them."""
         if self.cross is not None:
             x = x + self.cross(self.norm_cross(x), cross_kv, cross_mask, z)
         causal = pos[:, None] >= pos[None, :]
         h = self.norm_attn(x)
-        x = x + self.attn(h, h, causal, z, q_pos=pos, k_pos=pos)
+        k, v = self.attn.keys_values(h, z, pos)
+        if keep_kv is not None:
+            keep_kv.append((k, v))
+        x = x + self.attn.combine(self.attn.queries(h, z, pos), k, v, causal, z)
         return x + self.mlp(self.norm_mlp(x), z)
+
+    def step(self, x, slot, cache_k, cache_v, cross_k=None, cross_v=None, cross_mask=None, z=None):
+        """forward() for one new position per stream (incremental decoding): x [B,1,dim] at position
+        slot [B] of fixed-size self-attention caches [B,H,T,Dh], which it returns with the new row
+        written; it attends to cache slots <= slot, as forward's causal mask. Cross-attention reads
+        precomputed keys/values (cross_mask [B,1,1,N])."""
+        if self.cross is not None:
+            x = x + self.cross.combine(self.cross.queries(self.norm_cross(x), z), cross_k, cross_v, cross_mask, z)
+        pos = slot.to(x.dtype).unsqueeze(1)  # [B,1]
+        h = self.norm_attn(x)
+        k, v = self.attn.keys_values(h, z, pos)
+        cache_k, cache_v = write_slot(cache_k, k, slot, 2), write_slot(cache_v, v, slot, 2)
+        seen = (torch.arange(cache_k.shape[2], device=x.device) <= slot[:, None])[:, None, None, :]
+        x = x + self.attn.combine(self.attn.queries(h, z, pos), cache_k, cache_v, seen, z)
+        return x + self.mlp(self.norm_mlp(x), z), cache_k, cache_v
 
 
 def patch_onehot(patch_ids: torch.Tensor, n_patches: int | torch.SymInt, dtype=torch.float32) -> torch.Tensor:
@@ -86,23 +106,48 @@ class LocalEncoder(nn.Module):
         self.norm_query = RMSNorm(cfg.d_local) if self.cross is not None else None
         self.to_patch = nn.Linear(cfg.d_local, cfg.d_model)
 
-    def forward(self, tokens, patch_ids, n_patches, z=None):
-        """tokens [B, W+S] -> byte hidden [B, W+S, d_local], patches [B, P, d_model]."""
-        x = self.embed(tokens)
+    def embed_tokens(self, tokens, last: torch.Tensor | None = None):
+        """Embeddings of tokens [B, L] (+ their hash n-grams, which read the tokens before each one);
+        with last [B] (a window index per stream) only that position's: [B, 1, d_local]."""
+        x = self.embed(tokens if last is None else tokens.gather(1, last[:, None]))
         if self.ngram_embed is not None:
             for idx in ngram_hashes(tokens, self.ngram_buckets):
-                x = x + self.ngram_embed(idx)
-        pos = torch.arange(tokens.shape[1], device=tokens.device, dtype=x.dtype)
-        for layer in self.layers:
-            x = layer(x, pos, z=z)
-        seg = self.norm(x[:, x.shape[1] - patch_ids.shape[1]:])
-        member = patch_onehot(patch_ids, n_patches, seg.dtype)  # [B,S,P]
+                x = x + self.ngram_embed(idx if last is None else idx.gather(1, last[:, None]))
+        return x
+
+    def pool(self, seg, member, z=None):
+        """Patch vectors [B,P,d_model] from the normed byte hidden seg [B,S,d_local] and the membership
+        member [B,S,P] (1 where byte i belongs to patch p): mean pooling, then (patch_pooling "cross")
+        cross-attention from each patch to its own bytes."""
         counts = member.sum(1).clamp(min=1.0).unsqueeze(-1)
         pooled = (member.transpose(1, 2) @ seg) / counts
         if self.cross is not None:
             mask = (member.transpose(1, 2) > 0).unsqueeze(1)  # [B,1,P,S]: a patch sees its own bytes
             pooled = pooled + self.cross(self.norm_query(pooled), seg, mask, z)
-        return x, self.to_patch(pooled)
+        return self.to_patch(pooled)
+
+    def forward(self, tokens, patch_ids, n_patches, z=None, keep_kv: list | None = None):
+        """tokens [B, W+S] -> byte hidden [B, W+S, d_local], patches [B, P, d_model] (keep_kv: see
+        LocalBlock.forward)."""
+        x = self.embed_tokens(tokens)
+        pos = torch.arange(tokens.shape[1], device=tokens.device, dtype=x.dtype)
+        for layer in self.layers:
+            x = layer(x, pos, z=z, keep_kv=keep_kv)
+        if n_patches is None:  # a prefill of context only: no patches
+            return x, None
+        seg = self.norm(x[:, x.shape[1] - patch_ids.shape[1]:])
+        return x, self.pool(seg, patch_onehot(patch_ids, n_patches, seg.dtype), z)
+
+    def step(self, window, slot, caches, z=None):
+        """One new token at window index slot [B] (window [B, W+S] already holds it): its hidden
+        [B,1,d_local] (what the decoder reads), its normed hidden (what patch pooling reads) and the
+        layers' caches [(k, v), ...] with its row written."""
+        x = self.embed_tokens(window, slot)
+        new = []
+        for layer, (k, v) in zip(self.layers, caches):
+            x, k, v = layer.step(x, slot, k, v, z=z)
+            new.append((k, v))
+        return x, self.norm(x), new
 
 
 class LocalDecoder(nn.Module):
@@ -112,6 +157,23 @@ class LocalDecoder(nn.Module):
         self.layers = nn.ModuleList(LocalBlock(cfg.d_local, cfg.local_heads, cross_dim=cfg.d_local,
                                                svf=cfg.svf_scope == "all") for _ in range(cfg.decoder_layers))
         self.norm = RMSNorm(cfg.d_local)
+
+    def cross_kv(self, latents, z=None):
+        """Each layer's cross-attention keys/values [B,H,N,Dh] of latents [B,N,d_model]: a decode cache
+        holds them for the latents of the segment's patches so far."""
+        kv = self.from_latent(latents)
+        return [layer.cross.keys_values(kv, z) for layer in self.layers]
+
+    def step(self, x, slot, caches, cross, n_latents, z=None):
+        """forward() at one position slot [B] of the segment: x [B,1,d_local] is the encoder hidden of the
+        byte before it; caches [(k, v)] of self-attention, cross [(k, v)] of the latents, of which the first
+        n_latents [B] (the carried latent and the patches before this byte's patch) may be read."""
+        seen = (torch.arange(cross[0][0].shape[2], device=x.device) < n_latents[:, None])[:, None, None, :]
+        new = []
+        for layer, (k, v), (ck, cv) in zip(self.layers, caches, cross):
+            x, k, v = layer.step(x, slot, k, v, ck, cv, seen, z)
+            new.append((k, v))
+        return self.norm(x), new
 
     def forward(self, byte_hidden, latents, patch_ids, z=None):
         """byte_hidden [B,S,d_local] (position i predicts byte i), latents [B,P+1,d_model]."""

@@ -82,11 +82,42 @@ class EntropyModel(nn.Module):
         pos = torch.arange(tokens.shape[1], device=data.device, dtype=x.dtype)
         for layer in self.layers:
             x = layer(x, pos)
-        h = self.norm(x[:, w - 1 : tokens.shape[1] - 1])  # position i predicts byte i
-        logprobs = torch.log_softmax(self.head(h), dim=-1)
-        entropy = -(logprobs.exp() * logprobs).sum(-1)
+        logprobs, entropy = self._predict(x[:, w - 1 : tokens.shape[1] - 1])  # position i predicts byte i
         return ({"byte_logprobs": logprobs, "entropy": entropy},
                 {"byte_context": tokens[:, tokens.shape[1] - w:]})
+
+    def _predict(self, x):
+        logprobs = torch.log_softmax(self.head(self.norm(x)), dim=-1)
+        return logprobs, -(logprobs.exp() * logprobs).sum(-1)
+
+    # --- incremental decoding (runtimes/decoding.py): one byte at a time, caches as state ----------
+    def cache_layout(self) -> dict[str, tuple[tuple, str]]:
+        """Self-attention keys/values of the window [context ‖ segment] per layer."""
+        cfg = self.cfg
+        shape = (cfg.heads, cfg.context_len + cfg.segment_len, cfg.dim // cfg.heads)
+        return {f"enc.{l}.{kv}": (shape, "float32") for l in range(cfg.layers) for kv in "kv"}
+
+    def decode_start(self, byte_context):
+        """A new segment: the entropy of its first byte's distribution [B] and the caches."""
+        keep = []
+        x = self.embed(torch.clamp(byte_context, max=256))
+        pos = torch.arange(byte_context.shape[1], device=byte_context.device, dtype=x.dtype)
+        for layer in self.layers:
+            x = layer(x, pos, keep_kv=keep)
+        cache = {}
+        for l, (k, v) in enumerate(keep):
+            cache[f"enc.{l}.k"] = torch.nn.functional.pad(k, (0, 0, 0, self.cfg.segment_len))
+            cache[f"enc.{l}.v"] = torch.nn.functional.pad(v, (0, 0, 0, self.cfg.segment_len))
+        return self._predict(x[:, -1:])[1][:, 0], cache
+
+    def decode_byte(self, token, position, cache):
+        """Byte token [B,1] at segment position [B]: the entropy [B] at position + 1, and the caches."""
+        slot = position + self.cfg.context_len
+        x = self.embed(torch.clamp(token, max=256))
+        new = {}
+        for l, layer in enumerate(self.layers):
+            x, new[f"enc.{l}.k"], new[f"enc.{l}.v"] = layer.step(x, slot, cache[f"enc.{l}.k"], cache[f"enc.{l}.v"])
+        return self._predict(x)[1][:, 0], new
 
     @torch.no_grad()
     def entropies(self, data: bytes) -> np.ndarray:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from neat_edge.config import NeatConfig
-from neat_edge.model.layers import MLP, Attention, RMSNorm
+from neat_edge.model.layers import MLP, Attention, RMSNorm, write_slot
 from neat_edge.model.titans import NeuralMemory
 
 
@@ -68,7 +68,8 @@ class MemoryLayer(nn.Module):
                                    chunk_size=-(-cfg.max_patches_per_segment // cfg.memory_chunks),
                                    expansion=cfg.memory_expansion, alpha_init=0.002,
                                    theta_init=cfg.memory_theta_init, theta_max=cfg.memory_theta_max,
-                                   max_grad_norm=cfg.memory_max_grad_norm)
+                                   max_grad_norm=cfg.memory_max_grad_norm,
+                                   rule=cfg.memory_rule, step=cfg.memory_step, key_shift=bool(cfg.memory_key_shift))
         self.memory_chunks = cfg.memory_chunks
         self.persistent = nn.Parameter(torch.randn(cfg.persistent_tokens, d) * 0.02)  # Eq 19
         self.window = cfg.attn_window
@@ -86,6 +87,8 @@ class MemoryLayer(nn.Module):
         for kind in ("weight", "momentum"):
             shapes.update({f"{kind}.{l}": (mem.heads, o, i) for l, (o, i) in enumerate(mem.shapes)})
         shapes.update({name: (mem.conv_kernel - 1, 3 * mem.dim) for name in self.conv_streams})
+        if self.carries_window:  # sliding-window attention across segment boundaries (MAG, MAL)
+            shapes.update({"window_rows": (self.window, mem.dim), "window_valid": (self.window,)})
         return shapes
 
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
@@ -94,7 +97,30 @@ class MemoryLayer(nn.Module):
         for l, (w, s) in enumerate(zip(mem["weights"], mem["momentum"])):
             state[f"weight.{l}"], state[f"momentum.{l}"] = w, s
         state.update({name: self.memory.init_conv_state(batch) for name in self.conv_streams})
+        if self.carries_window:  # no earlier patches in a fresh stream
+            rows = self.persistent.new_zeros(batch, self.window, self.memory.dim)
+            state.update({"window_rows": rows, "window_valid": rows[..., 0]})
         return state
+
+    @property
+    def carries_window(self) -> bool:
+        """MAG and MAL attend over a sliding window of patches that runs over the whole stream (Titans
+        §4.2-4.3): the last `attn_window` patches of a segment are carried into the next one. MAC's
+        attention is segment-local by design (Eq 22), and a window of 0 means the segment."""
+        return self.window > 0 and not self.segment_local
+
+    segment_local = False
+
+    def window_carry(self, rows, valid, block, n):
+        """The last `window` patches of [carried ‖ this segment's n [B] patches]: rows [B,W,D] and valid
+        [B,W] carried in, block [B,P,D] this segment's attention key rows (valid: the first n)."""
+        w = self.window
+        idx = n[:, None] + torch.arange(w, device=block.device)  # [B,W] into [carried ‖ block]
+        p = torch.arange(block.shape[1], device=block.device)
+        seg_valid = (p[None, :] < n[:, None]).to(valid.dtype)
+        both = torch.cat([rows, block], 1)
+        return (both.gather(1, idx[..., None].expand(-1, -1, both.shape[-1])),
+                torch.cat([valid, seg_valid], 1).gather(1, idx))
 
     def _memory_state(self, state):
         depth = self.memory.depth
@@ -121,54 +147,163 @@ class MemoryLayer(nn.Module):
             new_state[f"weight.{l}"], new_state[f"momentum.{l}"] = w, s
         return self.memory.merge(read), new_state
 
-    def _attend(self, queries, keys, n_prefix, z, copies=1):
-        p = queries.shape[1]
-        mask = prefix_causal_mask(p, n_prefix, self.window, queries.device, copies)
-        q_pos, k_pos = key_positions(p, n_prefix, queries.dtype, queries.device, copies)
-        return self.attn(self.norm_attn(queries), self.norm_kv(keys), mask, z, q_pos, k_pos)
+    # --- the two ways through a layer: a whole segment, or one patch of incremental decoding --------
+    def forward(self, x, patch_mask, state, z):
+        """A whole segment of patches x [B,P,D] from the layer state (the step graph, training)."""
+        run = SegmentPass(self, state, patch_mask, z)
+        return self.equations(x, run), run.new
+
+    def patch_step(self, x, patch, state, mem_chunk, cache, z, close=None):
+        """One patch x [B,1,D] at index patch [B] (incremental decoding) from the layer's segment-start
+        state: the same equations over caches (decode.py); returns its output and the updated caches."""
+        run = PatchPass(self, patch, state, mem_chunk, cache, z, close)
+        return self.equations(x, run), run.new
 
 
 class MACLayer(MemoryLayer):
     conv_streams = ("conv_in", "conv_out")
+    segment_local = True
 
-    def forward(self, x, patch_mask, state, z):
-        mem_state = self._memory_state(state)
-        new_state = {}
-        _, _, q_x, new_state["conv_in"] = self.memory.project_stream(x, state["conv_in"])
-        h = self._read(mem_state, q_x)  # Eq 21
-        kv = torch.cat([self._persistent(x.shape[0]), h, x], dim=1)  # Eq 22
-        y = x + self._attend(x, kv, self.persistent.shape[0], z, copies=2)  # Eq 23
-        k_y, v_y, q_y, new_state["conv_out"] = self.memory.project_stream(y, state["conv_out"])
-        read, new_state = self._read_write(mem_state, y, k_y, v_y, q_y, patch_mask, new_state)  # Eq 24
+    def equations(self, x, run):
+        _, _, q_x = run.project(x, "conv_in")
+        h = run.read_start(q_x)  # Eq 21
+        y = x + run.attend(x, self._persistent(x.shape[0]), [h, x])  # Eq 22-23: [persistent ‖ h ‖ x]
+        k_y, v_y, q_y = run.project(y, "conv_out")
+        read = run.read_write(y, k_y, v_y, q_y)  # Eq 24
         y = self._gate(y, read)  # Eq 25
-        return y + self.mlp(self.norm_mlp(y), z), new_state
+        return y + self.mlp(self.norm_mlp(y), run.z)
 
 
 class MAGLayer(MemoryLayer):
-    def forward(self, x, patch_mask, state, z):
-        mem_state = self._memory_state(state)
-        new_state = {}
-        k, v, q, new_state["conv_in"] = self.memory.project_stream(x, state["conv_in"])
-        kv = torch.cat([self._persistent(x.shape[0]), x], dim=1)
-        y = x + self._attend(x, kv, self.persistent.shape[0], z)  # Eq 26-27
-        read, new_state = self._read_write(mem_state, x, k, v, q, patch_mask, new_state)
+    def equations(self, x, run):
+        k, v, q = run.project(x, "conv_in")
+        y = x + run.attend(x, self._persistent(x.shape[0]), [x])  # Eq 26-27
+        read = run.read_write(x, k, v, q)
         y = self._gate(y, read)  # Eq 28
-        return y + self.mlp(self.norm_mlp(y), z), new_state
+        return y + self.mlp(self.norm_mlp(y), run.z)
 
 
 class MALLayer(MemoryLayer):
-    def forward(self, x, patch_mask, state, z):
-        mem_state = self._memory_state(state)
-        new_state = {}
-        k, v, q, new_state["conv_in"] = self.memory.project_stream(x, state["conv_in"])
-        read, new_state = self._read_write(mem_state, x, k, v, q, patch_mask, new_state)
-        y = x + read  # Eq 29-30
+    def equations(self, x, run):
+        k, v, q = run.project(x, "conv_in")
+        y = x + run.read_write(x, k, v, q)  # Eq 29-30
         # Persistent tokens pass through the memory too (they are a fixed prefix: no conv history).
         p = self._persistent(x.shape[0])
         _, _, q_p = self.memory.project(p)
-        p = p + self._read(mem_state, q_p)
-        y = y + self._attend(y, torch.cat([p, y], dim=1), p.shape[1], z)  # Eq 31
-        return y + self.mlp(self.norm_mlp(y), z), new_state
+        p = p + run.read_start(q_p)
+        y = y + run.attend(y, p, [y])  # Eq 31
+        return y + self.mlp(self.norm_mlp(y), run.z)
+
+
+class SegmentPass:
+    """What the layer equations need, over a whole segment: projections continuing the convolution
+    history, reads of the segment-start memory, causal attention over [prefix ‖ blocks], and the
+    chunked write (NeuralMemory.scan) with its reads at each chunk's start."""
+
+    def __init__(self, layer: MemoryLayer, state, patch_mask, z):
+        self.layer, self.state, self.patch_mask, self.z = layer, state, patch_mask, z
+        self.mem = layer._memory_state(state)  # M_{t-1}: the memory at the segment start
+        self.new = {}
+
+    def project(self, x, stream: str):
+        k, v, q, self.new[stream] = self.layer.memory.project_stream(x, self.state[stream])
+        return k, v, q
+
+    def read_start(self, q):
+        return self.layer._read(self.mem, q)
+
+    def attend(self, queries, prefix, blocks):
+        """queries [B,P,D] over [prefix ‖ block_1 ‖ ...]: every prefix row, and in each block the patches
+        up to the query's own (within the attention window); with a carried window (MAG, MAL), also the
+        previous segments' last patches at positions −W..−1."""
+        layer, p, n_prefix = self.layer, queries.shape[1], prefix.shape[1]
+        mask = prefix_causal_mask(p, n_prefix, layer.window, queries.device, len(blocks))
+        q_pos, k_pos = key_positions(p, n_prefix, queries.dtype, queries.device, len(blocks))
+        if not layer.carries_window:
+            keys = torch.cat([prefix, *blocks], dim=1)
+            return layer.attn(layer.norm_attn(queries), layer.norm_kv(keys), mask, self.z, q_pos, k_pos)
+        rows, valid = self.state["window_rows"], self.state["window_valid"]
+        w, batch = rows.shape[1], rows.shape[0]
+        r = torch.arange(w, device=queries.device)
+        # carried row r sits at position r − W: patch q sees it while q − (r − W) < W, i.e. r > q
+        carried = (r[None, :] > q_pos[:, None].long())[None] & (valid[:, None, :] > 0)  # [B,P,W]
+        mask = torch.cat([mask[:, :n_prefix].expand(batch, -1, -1), carried,
+                          mask[:, n_prefix:].expand(batch, -1, -1)], dim=2).unsqueeze(1)
+        k_pos = torch.cat([k_pos[:n_prefix], (r - w).to(k_pos.dtype), k_pos[n_prefix:]])
+        keys = torch.cat([prefix, rows, *blocks], dim=1)
+        self.new["window_rows"], self.new["window_valid"] = layer.window_carry(
+            rows, valid, blocks[0], self.patch_mask.sum(-1).long())
+        return layer.attn(layer.norm_attn(queries), layer.norm_kv(keys), mask, self.z, q_pos, k_pos)
+
+    def read_write(self, src, k, v, q):
+        read, self.new = self.layer._read_write(self.mem, src, k, v, q, self.patch_mask, self.new)
+        return read
+
+
+class PatchPass:
+    """The same, for one patch per stream during incremental decoding. Caches (names as in
+    decode.py's layout): the convolution histories, the attention keys/values of the segment's patches
+    so far (block b at slots b·P..b·P+P−1), and the write inputs of every patch (k, v and the gates),
+    which the memory write at a chunk's end or the segment's end consumes (decode.py). Reads use the
+    segment-start memory (mem_start) and the current chunk's start memory (mem_chunk), as the
+    segment pass does. close [B] (bool, optional) leaves the caches of streams where it is False as
+    they were (a batch in which only some streams end a patch)."""
+
+    def __init__(self, layer: MemoryLayer, patch, state, mem_chunk, cache, z, close=None):
+        self.layer, self.patch, self.z, self.close = layer, patch, z, close
+        # Reads need the memory weights only (Eq 15): the graph is given no momentum here.
+        self.state = state
+        self.mem_start = {"weights": [state[f"weight.{l}"] for l in range(layer.memory.depth)]}
+        self.mem_chunk = self.mem_start if mem_chunk is None else mem_chunk
+        self.cache, self.new = cache, {}
+
+    def _keep(self, new, old):
+        return new if self.close is None else torch.where(self.close.reshape(-1, *[1] * (new.dim() - 1)), new, old)
+
+    def project(self, x, stream: str):
+        k, v, q, conv = self.layer.memory.project_stream(x, self.cache[stream])
+        self.new[stream] = self._keep(conv, self.cache[stream])
+        return k, v, q
+
+    def read_start(self, q):
+        return self.layer._read(self.mem_start, q)
+
+    def attend(self, queries, prefix, blocks):
+        layer, n_prefix = self.layer, prefix.shape[1]
+        cache_k, cache_v = self.cache["k"], self.cache["v"]
+        span = cache_k.shape[2] // len(blocks)  # patches a block holds
+        pos = self.patch.to(queries.dtype).unsqueeze(1)  # [B,1]
+        for b, rows in enumerate(blocks):  # this patch's keys, rotated to its position, into block b
+            k, v = layer.attn.keys_values(layer.norm_kv(rows), self.z, pos)
+            cache_k = write_slot(cache_k, k, self.patch + b * span, 2, self.close)
+            cache_v = write_slot(cache_v, v, self.patch + b * span, 2, self.close)
+        self.new["k"], self.new["v"] = cache_k, cache_v
+        zero = torch.zeros(n_prefix, dtype=queries.dtype, device=queries.device)
+        k_pre, v_pre = layer.attn.keys_values(layer.norm_kv(prefix), self.z, zero)
+        j = torch.arange(span, device=queries.device)
+        seen = (j <= self.patch[:, None]) & (self.patch[:, None] - j < (layer.window or span))  # [B, span]
+        parts_k, parts_v, parts_mask = [k_pre], [v_pre], [torch.ones_like(seen[:, :1]).expand(-1, n_prefix)]
+        if layer.carries_window:  # the previous segments' last patches, at positions −W..−1 (SegmentPass)
+            rows, valid = self.state["window_rows"], self.state["window_valid"]
+            r = torch.arange(rows.shape[1], device=queries.device)
+            k_c, v_c = layer.attn.keys_values(layer.norm_kv(rows), self.z, (r - rows.shape[1]).to(queries.dtype))
+            parts_k.append(k_c)
+            parts_v.append(v_c)
+            parts_mask.append((r[None, :] > self.patch[:, None]) & (valid > 0))
+            self.new["rows"] = write_slot(self.cache["rows"], blocks[0], self.patch, 1, self.close)
+        mask = torch.cat(parts_mask + [seen] * len(blocks), dim=1)
+        q = layer.attn.queries(layer.norm_attn(queries), self.z, pos)
+        return layer.attn.combine(q, torch.cat([*parts_k, cache_k], 2), torch.cat([*parts_v, cache_v], 2),
+                                  mask[:, None, None, :], self.z)
+
+    def read_write(self, src, k, v, q):
+        """Keep this patch's write inputs (Eq 11 k, v; gates α, θ, η) for the chunk's write; read q at
+        the chunk-start memory (Eq 15)."""
+        alpha, theta, eta = self.layer.memory.gates(src)
+        for name, rows in (("write_k", k), ("write_v", v), ("write_alpha", alpha), ("write_theta", theta),
+                           ("write_eta", eta)):
+            self.new[name] = write_slot(self.cache[name], rows, self.patch, 2, self.close)
+        return self.layer._read(self.mem_chunk, q)
 
 
 LAYERS = {"mac": MACLayer, "mag": MAGLayer, "mal": MALLayer}

@@ -13,6 +13,8 @@ State (all explicit tensors, so the exported graph is a pure function):
   memory.{i}.momentum.{l}               its momentum S (Eq 14)
   memory.{i}.conv_in     [B, K-1, 3D]   short-convolution history of the memory projections
   memory.{i}.conv_out                   (MAC only) the same for the projections of the attention output
+  window.{i}.rows        [B, A, D]      (MAG/MAL with attn_window A) attention key rows of the last A patches
+  window.{i}.valid       [B, A]         1 where such a patch exists (a fresh stream has none)
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class NeatModel(nn.Module):
         cfg = self.cfg
         shapes = {"byte_context": (cfg.context_len,), "latent_carry": (cfg.d_model,)}
         for i, layer in enumerate(self.latent.layers):
-            shapes.update({f"memory.{i}.{k}": v for k, v in layer.state_shapes().items()})
+            shapes.update({layer_state_name(i, k): v for k, v in layer.state_shapes().items()})
         return shapes
 
     def state_names(self) -> list[str]:
@@ -75,16 +77,17 @@ class NeatModel(nn.Module):
             "latent_carry": self.latent_start.unsqueeze(0).expand(batch, -1),
         }
         for i, layer in enumerate(self.latent.layers):
-            state.update({f"memory.{i}.{k}": v for k, v in layer.init_state(batch).items()})
+            state.update({layer_state_name(i, k): v for k, v in layer.init_state(batch).items()})
         return state
 
     @torch.no_grad()
     def initial_state(self, batch: int = 1) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.initial_state_trainable(batch).items()}
 
-    def _layer_states(self, state):
-        return [{k[len(f"memory.{i}."):]: v for k, v in state.items() if k.startswith(f"memory.{i}.")}
-                for i in range(len(self.latent.layers))]
+    def layer_states(self, state):
+        """The model state split per latent layer, under the layer's own names (layer_state_name)."""
+        return [{k: state[layer_state_name(i, k)] for k in layer.state_shapes()}
+                for i, layer in enumerate(self.latent.layers)]
 
     # --- one step --------------------------------------------------------------------------------
     def step(self, data, patch_ids, patch_mask, svf_z, state):
@@ -92,7 +95,7 @@ class NeatModel(nn.Module):
         w = context.shape[1]
         tokens = torch.cat([context, data], dim=1)
         hidden, patches = self.encoder(tokens, patch_ids, patch_mask.shape[1], svf_z)
-        latents, layer_states = self.latent(patches, patch_mask, self._layer_states(state), svf_z)
+        latents, layer_states = self.latent(patches, patch_mask, self.layer_states(state), svf_z)
 
         carry = state["latent_carry"].unsqueeze(1)
         byte_hidden = hidden[:, w - 1 : hidden.shape[1] - 1]  # position i predicts byte i
@@ -110,7 +113,7 @@ class NeatModel(nn.Module):
             "latent_carry": (last.unsqueeze(-1) * latents).sum(1),
         }
         for i, layer_state in enumerate(layer_states):
-            new_state.update({f"memory.{i}.{k}": v for k, v in layer_state.items()})
+            new_state.update({layer_state_name(i, k): v for k, v in layer_state.items()})
         return outputs, new_state
 
     @staticmethod
@@ -123,6 +126,15 @@ class NeatModel(nn.Module):
 
     def default_svf_z(self) -> torch.Tensor:
         return torch.ones(self.svf_rank, device=self.latent_start.device)
+
+
+def layer_state_name(layer: int, name: str) -> str:
+    """A latent layer's state tensor in the model state: the Titans memory (weights, momentum, convolution
+    histories) under memory.{layer}., the carried attention window (MAG/MAL) under window.{layer}. —
+    short-term context, which the memory ablation (Session.reset_memory) keeps."""
+    if name.startswith("window_"):
+        return f"window.{layer}.{name[len('window_'):]}"
+    return f"memory.{layer}.{name}"
 
 
 def count_parameters(model: nn.Module) -> int:

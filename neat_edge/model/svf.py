@@ -32,6 +32,7 @@ class SVFLinear(nn.Module):
             nn.init.normal_(self.weight, std=in_features**-0.5)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.offset = 0  # position of this layer's slice in svf_z, assigned by assign_svf_offsets
+        self.svf_name = ""  # its name in the model (svf_layout), assigned there too
         self.rank = min(in_features, out_features)
         self.is_svf = False
 
@@ -70,7 +71,9 @@ class SVFLinear(nn.Module):
         s = self.S if z is None else self.S * z[self.offset : self.offset + self.rank]
         return (self.U * s) @ self.V.T
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, z: torch.Tensor | dict | None = None) -> torch.Tensor:
+        if isinstance(z, dict):  # the decode graphs: dense weights built once per z, by layer name
+            return torch.nn.functional.linear(x, z[self.svf_name], self.bias)  # (model/graphs.py DecodeSvfGraph)
         if not self.is_svf:
             y = x @ self.weight.T
         else:
@@ -87,8 +90,8 @@ def svf_layers(model: nn.Module) -> list[tuple[str, SVFLinear]]:
 def assign_svf_offsets(model: nn.Module) -> int:
     """Lay out every SVF layer's z slice in one vector (module order); returns its total length."""
     offset = 0
-    for _, layer in svf_layers(model):
-        layer.offset = offset
+    for name, layer in svf_layers(model):
+        layer.offset, layer.svf_name = offset, name
         offset += layer.rank
     return offset
 

@@ -22,6 +22,19 @@ overflows. The whole thing is differentiable, so the outer loss trains W_K, W_V,
 State = {"weights": [W_1..W_L], "momentum": [S_1..S_L]} (each [batch, heads, d_out, d_in]) and
 "conv": the last (kernel − 1) pre-convolution k/v/q rows [batch, kernel − 1, 3·dim], so the short
 causal convolution sees across chunk and segment boundaries exactly as over one long sequence.
+
+rule="delta" (linear memory only) replaces Eq 16-18 by the exact chunk form of the gated delta rule
+(model/delta_rule.py: every token sees the memory the tokens before it left; β_t = 2θ_t ≤ 1; momentum
+kept in the state, unchanged). For rule="titans", `step` chooses how a chunk's gradients become its step
+(remedies for correlated keys, measured in tests/test_memory_recall.py and the README):
+  sum            Eq 16-18 as written
+  mean           TTT (Sun et al. 2024, "Learning to (Learn at Test Time)"): the mini-batch gradient is
+                 averaged over the chunk's tokens, the step η/d (θ per unit of mean squared error)
+  huber          Huber loss instead of Eq 12's ℓ2 (Miras / "Yaad", Behrouz et al. 2025): a token's error
+                 ∂ℓ/∂z_L = 2e·min(1, δ/‖e‖), δ = HUBER_RMS·sqrt(d), so one outlier cannot dominate a chunk
+  newton_schulz  the chunk's update of each layer orthogonalised by 5 Newton-Schulz steps (Muon, Jordan et
+                 al. 2024; Atlas, Behrouz et al. 2025), keeping its Frobenius norm: a chunk of correlated
+                 keys no longer pours its whole step into their shared direction
 """
 
 from __future__ import annotations
@@ -32,9 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neat_edge.model.delta_rule import delta_chunk, pad_tokens
 from neat_edge.model.layers import RMSNorm
 
 MemoryState = dict[str, list[torch.Tensor]]
+RULES = ("titans", "delta")
+STEPS = ("sum", "mean", "huber", "newton_schulz")
+HUBER_RMS = 1.0  # Huber threshold δ on a token's error, per unit of RMS (δ = HUBER_RMS·sqrt(d_out))
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz coefficients (Jordan et al. 2024)
 
 
 def silu_grad(z: torch.Tensor) -> torch.Tensor:
@@ -43,11 +61,33 @@ def silu_grad(z: torch.Tensor) -> torch.Tensor:
     return s * (1 + z * (1 - s))
 
 
+def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """≈ U Vᵀ of g = U Σ Vᵀ (batched over leading axes), scaled back to ‖g‖_F: the update's direction
+    with its singular values made equal. Five quintic steps on g/‖g‖_F, as Muon; a fixed count, matmuls
+    only (exportable). A zero update stays zero."""
+    wide = g.shape[-2] > g.shape[-1]
+    x = g.transpose(-1, -2) if wide else g  # iterate on the wide orientation: X Xᵀ is the smaller Gram matrix
+    norm = x.norm(dim=(-2, -1), keepdim=True)
+    x = x / (norm + 1e-7)
+    a, b, c = NS_COEFFS
+    for _ in range(steps):
+        gram = x @ x.transpose(-1, -2)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x * (norm / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7))
+    return x.transpose(-1, -2) if wide else x
+
+
 class NeuralMemory(nn.Module):
     def __init__(self, dim: int, heads: int = 1, depth: int = 2, chunk_size: int = 64, expansion: int = 2,
                  alpha_init: float = 0.02, theta_init: float = 0.01, eta_init: float = 0.9,
-                 theta_max: float = 0.02, eta_max: float = 0.95, conv_kernel: int = 4, max_grad_norm: float = 0.0):
+                 theta_max: float = 0.02, eta_max: float = 0.95, conv_kernel: int = 4, max_grad_norm: float = 0.0,
+                 rule: str = "titans", step: str = "sum", beta_init: float = 0.5, key_shift: bool = False):
         super().__init__()
+        if rule not in RULES or step not in STEPS:
+            raise ValueError(f"rule must be one of {RULES} and step one of {STEPS}")
+        if rule == "delta" and (depth != 1 or step != "sum"):
+            raise ValueError("rule 'delta' is the exact write of a linear memory: depth 1, step 'sum'")
+        self.rule, self.step = rule, step
         # Per-token clipping of each memory layer's surprise gradient ‖∇_{W_l} ℓ_t‖ (0 = off), as
         # titans-pytorch's max_grad_norm: a bounded θ alone does not keep a deep memory's inner loop
         # stable, since its curvature grows with the weights (a trained 20 M model diverged to inf
@@ -69,7 +109,12 @@ class NeuralMemory(nn.Module):
         self.conv_kernel = conv_kernel
         conv = torch.zeros(conv_kernel, 3 * dim)
         conv[-1] = 1.0  # starts as the identity: the current token only
+        if key_shift:  # keys from the previous token, values and queries from the current one (Eq 11, shifted)
+            conv[-1, :dim], conv[-2, :dim] = 0.0, 1.0
         self.conv_weight = nn.Parameter(conv)
+        if key_shift:  # queries start as keys: a token's query finds the write keyed by the same content
+            with torch.no_grad():
+                self.to_q.weight.copy_(self.to_k.weight)
         # Inputs are RMS-normalised before Eq 11 so value magnitudes (and so surprise) stay bounded.
         self.norm = RMSNorm(dim)
         # Data-dependent gates: sigmoid-linear heads, one scalar per head and token (seed 002 §11.1
@@ -79,6 +124,8 @@ class NeuralMemory(nn.Module):
         # theta_init / theta_max are per unit of the *mean* squared error (as in titans-pytorch), so
         # the step on Eq 12's summed loss is divided by the head width: θ_t = θ_max·σ(·) / head_dim.
         self.theta_max, self.eta_max = theta_max / self.head_dim, eta_max
+        if rule == "delta":  # the delta rule's β_t = 2θ_t = σ(·) ≤ 1 (β = 1: an exact overwrite), from beta_init
+            self.theta_max, theta_init, theta_max = 0.5, beta_init / 2, 0.5
         self.gate_alpha, self.gate_theta, self.gate_eta = (nn.Linear(dim, heads) for _ in range(3))
         for gate, value in ((self.gate_alpha, alpha_init), (self.gate_theta, theta_init / theta_max),
                             (self.gate_eta, eta_init / eta_max)):
@@ -112,7 +159,8 @@ class NeuralMemory(nn.Module):
     def project_stream(self, x: torch.Tensor, conv_state: torch.Tensor):
         """project() continuing a stream: returns k, v, q and the next convolution state."""
         x = self.norm(x)
-        kvq = torch.cat([self.to_k(x), self.to_v(x), self.to_q(x)], dim=-1)
+        # one product with the three projections' weights side by side (a constant in an exported graph)
+        kvq = F.linear(x, torch.cat([self.to_k.weight, self.to_v.weight, self.to_q.weight]))
         padded = torch.cat([conv_state, kvq], dim=1)
         t, n = x.shape[1], self.conv_kernel
         mixed = sum(padded[:, j : j + t] * self.conv_weight[j] for j in range(n))
@@ -124,8 +172,9 @@ class NeuralMemory(nn.Module):
     def gates(self, x: torch.Tensor):
         """x [B,T,dim] -> alpha (forget), theta (step), eta (momentum), each [B,H,T] in (0, 1)."""
         x = self.norm(x)
-        alpha, theta, eta = (torch.sigmoid(g(x)).transpose(1, 2) for g in (self.gate_alpha, self.gate_theta,
-                                                                            self.gate_eta))
+        gates = (self.gate_alpha, self.gate_theta, self.gate_eta)  # one product for the three heads
+        logits = F.linear(x, torch.cat([g.weight for g in gates]), torch.cat([g.bias for g in gates]))
+        alpha, theta, eta = torch.sigmoid(logits).transpose(1, 2).split(self.heads, dim=1)
         return alpha, theta * self.theta_max, eta * self.eta_max
 
     # --- Eq 15 ---------------------------------------------------------------------------------
@@ -183,30 +232,37 @@ class NeuralMemory(nn.Module):
                 k, v, alpha, theta, eta, q, mask = (None if x is None else x.float()
                                                     for x in (k, v, alpha, theta, eta, q, mask))
                 return self.scan(state, k, v, alpha, theta, eta, q, mask, n_chunks)
-        t = k.shape[2]
+        t, query = k.shape[2], q
         size = t
         if n_chunks > 1:
             size = self.chunk_size
             mask = torch.ones_like(alpha) if mask is None else mask  # padding needs one
-            pad = n_chunks * size - t  # symbolic under export; F.pad keeps the rank static
-            k, v = (F.pad(x, (0, 0, 0, pad)) for x in (k, v))
-            q = None if q is None else F.pad(q, (0, 0, 0, pad))
-            alpha, theta, eta, mask = (F.pad(g, (0, pad)) for g in (alpha, theta, eta, mask))
+            total = n_chunks * size  # static; pad_tokens adds no guard on the symbolic t under export
+            k, v = (pad_tokens(x, total, 2) for x in (k, v))
+            q = None if q is None else pad_tokens(q, total, 2)
+            alpha, theta, eta, mask = (pad_tokens(g, total, -1) for g in (alpha, theta, eta, mask))
+        # A static bound on the chunk length for the delta rule's padding: under export or compilation t is
+        # symbolic (the graph's patches never exceed chunk_size · n_chunks); eagerly it is the length itself.
+        capacity = size if isinstance(size, int) and not torch.compiler.is_compiling() else self.chunk_size
         reads = []
         for c in range(n_chunks):
             sl = slice(c * size, (c + 1) * size)
             state, read = self._read_and_update(state, k[:, :, sl], v[:, :, sl], alpha[..., sl], theta[..., sl],
                                                 eta[..., sl], None if q is None else q[:, :, sl],
-                                                None if mask is None else mask[..., sl])
+                                                None if mask is None else mask[..., sl], capacity)
             reads.append(read)
-        read = None if q is None else torch.cat(reads, dim=2)[:, :, :t]
-        return state, read
+        if q is None or n_chunks == 1:
+            return state, reads[0]
+        # the first t reads; t appended zeros keep the slice free of a `t <= n_chunks·size` guard under export
+        return state, torch.cat([*reads, torch.zeros_like(query)], dim=2)[:, :, :t]
 
-    def _read_and_update(self, state: MemoryState, k, v, alpha, theta, eta, q, mask=None):
+    def _read_and_update(self, state: MemoryState, k, v, alpha, theta, eta, q, mask=None, capacity=None):
         """One chunk in closed form (Eq 16-18), plus (when q is given) the retrieval M*(q) at the same
         chunk-start weights, computed in the same MLP pass as the keys' forward. mask (1 = real) skips
         tokens entirely: α = θ = 0 and η = 1 there, and their step adds no momentum to M (w_i = 0
         below), so padding a chunk never changes the state."""
+        if self.rule == "delta":
+            return self._delta_read_and_update(state, k, v, alpha, theta, q, mask, capacity or k.shape[2])
         weights, momentum = state["weights"], state["momentum"]
         t = k.shape[2]
         if mask is not None:
@@ -220,6 +276,9 @@ class NeuralMemory(nn.Module):
             pred, read = out[:, :, :t], out[:, :, t:]
             inputs, pre = [a[:, :, :t] for a in inputs], [z[:, :, :t] for z in pre]
         delta = 2.0 * (pred - v)  # ∂ℓ/∂z_L of Eq 12
+        if self.step == "huber":  # Huber loss: the error's gradient capped at δ per token (Miras' Yaad)
+            cap = HUBER_RMS * v.shape[-1] ** 0.5
+            delta = delta * (cap / (pred - v).norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0)
 
         log_beta = torch.cumsum(torch.log1p(-alpha.clamp(max=1 - 1e-6)), dim=-1)  # log β_i
         log_h = torch.cumsum(torch.log(eta.clamp(min=1e-6)), dim=-1)  # log H_i
@@ -232,6 +291,9 @@ class NeuralMemory(nn.Module):
             later = later & (mask.unsqueeze(-2) > 0)
         coef_m = theta * torch.exp(torch.where(later, expo, torch.full_like(expo, -math.inf))).sum(-1)
         coef_s = theta * torch.exp(log_h_end - log_h)
+        if self.step == "mean":  # TTT: the chunk's mini-batch gradient is the mean over its real tokens
+            count = (mask if mask is not None else torch.ones_like(theta)).sum(-1, keepdim=True).clamp(min=1)
+            coef_m, coef_s = coef_m / count, coef_s / count
         carry = torch.exp(decay_to_end) if mask is None else torch.exp(decay_to_end) * mask
         carry_m = carry.sum(-1)[..., None, None]  # weight of S_0 in M_b
         beta_end = torch.exp(log_beta_end)[..., None]
@@ -247,11 +309,25 @@ class NeuralMemory(nn.Module):
                 c_m, c_s = coef_m * scale, coef_s * scale
             grad_m = (delta * c_m.unsqueeze(-1)).transpose(-1, -2) @ a_in  # Σ_k c_k δ_k a_kᵀ
             grad_s = (delta * c_s.unsqueeze(-1)).transpose(-1, -2) @ a_in  # Σ_k d_k δ_k a_kᵀ
+            if self.step == "newton_schulz":  # the step on M orthogonalised (momentum keeps the raw gradients)
+                grad_m = newton_schulz(grad_m)
             new_w[layer] = beta_end * weights[layer] + carry_m * momentum[layer] - grad_m
             new_s[layer] = h_end * momentum[layer] - grad_s
             if layer > 0:
                 delta = (delta @ weights[layer]) * silu_grad(pre[layer - 1])
         return {**state, "weights": new_w, "momentum": new_s}, read
+
+    def _delta_read_and_update(self, state: MemoryState, k, v, alpha, theta, q, mask, capacity):
+        """rule="delta": the read at the chunk-start memory, then the exact gated delta rule over the chunk
+        (model/delta_rule.py) with β_t = 2θ_t and g_t = 1 − α_t; masked tokens get β = 0, g = 1."""
+        w0 = state["weights"][0]
+        read = None if q is None else q @ w0.transpose(-1, -2)  # Eq 15 for a linear memory
+        beta = 2.0 * theta
+        log_g = torch.log1p(-alpha.clamp(max=1 - 1e-6))
+        if mask is not None:
+            beta, log_g = beta * mask, log_g * mask
+        w = delta_chunk(w0, k, v, log_g, beta, capacity)
+        return {**state, "weights": [w], "momentum": list(state["momentum"])}, read
 
     # --- whole sequences -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: MemoryState | None = None):

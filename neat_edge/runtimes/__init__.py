@@ -9,19 +9,22 @@ from neat_edge.runtimes.select import BACKENDS  # onnxruntime, torch, coreml, te
 from neat_edge.runtimes.session import Session
 
 
-def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=None, graph: str | None = None) -> Session:
+def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=None, graph: str | None = None,
+                 threads: int | None = None) -> Session:
     """Open a stateful session on a bundle. backend: "onnxruntime" (or "onnxruntime:cpu|cuda|coreml"),
     "torch" / "torch:cuda" (the bundle's PyTorch checkpoint through the same session code), "coreml"
     (or "coreml:cpu|gpu|ane", macOS) or "tensorrt" (the bundle's TensorRT engine, NVIDIA GPU).
-    graph="tensorrt" with an onnxruntime backend runs the bundle's TensorRT-ready ONNX instead."""
+    graph="tensorrt" with an onnxruntime backend runs the bundle's TensorRT-ready ONNX instead.
+    threads: ONNX Runtime's intra-op threads for every graph of the session (default: its own choice)."""
     from neat_edge.bundle import open_bundle
     from neat_edge.runtimes.select import parse_backend, step_backend
 
     kind, device = parse_backend(backend)
     bundle = open_bundle(bundle_dir)
-    impl = step_backend(bundle, kind, device, graph)
-    session = Session(impl, bundle.config, bundle.initial_state(impl.spec), svf_z=svf_z,
-                      patches=_bundle_patches(bundle, kind, device, graph))
+    impl = step_backend(bundle, kind, device, graph, threads)
+    patches = _bundle_patches(bundle, kind, device, graph, threads)
+    session = Session(impl, bundle.config, bundle.initial_state(impl.spec), svf_z=svf_z, patches=patches,
+                      decode=decode_backends(bundle, kind, device, graph, impl, patches, threads))
     from neat_edge.experts import library_for_bundle
 
     session.experts = library_for_bundle(bundle)  # experts/ is read now: a file copied in is found
@@ -31,7 +34,21 @@ def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=Non
     return session
 
 
-def _bundle_patches(bundle, kind: str, device: str, graph: str | None = None):
+def decode_backends(bundle, kind: str, device: str, graph: str | None, step, patches, threads: int | None = None):
+    """The bundle's decode graphs on this backend kind (runtimes/decoding.py), or None when the bundle
+    has none for it (generation then re-runs the step graph per byte). torch: from the model the step
+    backend already holds."""
+    if kind == "torch":
+        from neat_edge.runtimes.torch import torch_decode_graphs
+
+        entropy = getattr(getattr(patches, "backend", None), "module", None)
+        return torch_decode_graphs(step.model, entropy.model if entropy is not None else None, step.name)
+    from neat_edge.runtimes.select import decode_graphs
+
+    return decode_graphs(bundle, kind, device, graph, threads)
+
+
+def _bundle_patches(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
     """The session's patch source for a bundle: fixed, or the entropy graph on the same backend kind."""
     from neat_edge.runtimes.patches import EntropyPatches, FixedPatches
 
@@ -45,7 +62,7 @@ def _bundle_patches(bundle, kind: str, device: str, graph: str | None = None):
     from neat_edge.runtimes.select import entropy_backend
 
     patcher = EntropyPatcher(info["threshold"], info["relative_threshold"], info["max_patch_len"])
-    backend = entropy_backend(bundle, kind, device, graph)
+    backend = entropy_backend(bundle, kind, device, graph, threads)
     return EntropyPatches(backend, np.full((1, info["entropy_context_len"]), BOS, np.int64), patcher)
 
 
@@ -64,7 +81,10 @@ def open_model_session(model, svf_z=None, patching=None, experts_dir=None) -> Se
         context = entropy_model.initial_state(1)["byte_context"].cpu().numpy()
         patches = EntropyPatches(TorchEntropyBackend(entropy_model), context, patcher)
     init = {k: v.cpu().numpy() for k, v in model.initial_state(1).items()}
-    session = Session(TorchBackend(model), model.cfg, init, svf_z=svf_z, patches=patches)
+    from neat_edge.runtimes.torch import torch_decode_graphs
+
+    decode = torch_decode_graphs(model, patching[0] if patches is not None else None)
+    session = Session(TorchBackend(model), model.cfg, init, svf_z=svf_z, patches=patches, decode=decode)
     from neat_edge.experts import library_for_model
 
     session.experts = library_for_model(model, experts_dir)

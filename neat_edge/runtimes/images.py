@@ -98,7 +98,7 @@ def generate_interleaved(session, prompt, max_new_bytes: int, temperature: float
     session._append_known(prompt)
     items, codes_out, text, produced = [], [], bytearray(), 0
     while produced < max_new_bytes:
-        logp = session.next_outputs()["byte_logprobs"]
+        logp = session.next_byte_logprobs()
         allowed = np.full(logp.shape, -np.inf)
         allowed[:256] = logp[:256]
         allowed[EOS] = logp[EOS]
@@ -119,7 +119,7 @@ def generate_interleaved(session, prompt, max_new_bytes: int, temperature: float
         session._append_known(np.array([BOI], np.int64))
         codes = []
         for _ in range(g2):  # the image head for the grid's number of tokens
-            k = _sample(session.next_outputs()["image_logits"], temperature, rng)
+            k = _sample(session.next_image_logits(), temperature, rng)
             codes.append(k)
             session._append_known(np.array([IMAGE_BASE + k], np.int64))
         session._append_known(np.array([EOI], np.int64))

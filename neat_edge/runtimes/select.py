@@ -40,13 +40,13 @@ def graph_precision(bundle, kind: str) -> str:
     return entry.get("precision", "fp32")
 
 
-def _open(kind: str, device: str, path, spec: GraphSpec, entry: dict, bundle=None):
+def _open(kind: str, device: str, path, spec: GraphSpec, entry: dict, bundle=None, threads: int | None = None):
     if kind == "onnxruntime":
         from neat_edge.runtimes.onnxruntime import OnnxRuntimeBackend
 
         # External data a graph names must be bundle files the checksums cover, like the graph itself.
         check = None if bundle is None else (lambda f: bundle.file(f.relative_to(bundle.path.resolve()).as_posix()))
-        return OnnxRuntimeBackend(path, spec, device, check_file=check)
+        return OnnxRuntimeBackend(path, spec, device, check_file=check, threads=threads)
     if kind == "coreml":
         from neat_edge.runtimes.coreml import CoreMLBackend
 
@@ -66,7 +66,7 @@ def _artifact(kind: str, graph: str | None) -> str:
     return graph
 
 
-def step_backend(bundle, kind: str, device: str, graph: str | None = None):
+def step_backend(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
     """The Backend for the bundle's step graph."""
     if kind == "torch":
         from neat_edge.model.checkpoint import load_checkpoint
@@ -75,10 +75,10 @@ def step_backend(bundle, kind: str, device: str, graph: str | None = None):
         return TorchBackend(load_checkpoint(bundle.checkpoint_dir), device=device)
     key = _artifact(kind, graph)
     path, spec = bundle.graph(key)
-    return _open(kind, device, path, spec, bundle.manifest["graphs"][key], bundle)
+    return _open(kind, device, path, spec, bundle.manifest["graphs"][key], bundle, threads)
 
 
-def entropy_backend(bundle, kind: str, device: str, graph: str | None = None):
+def entropy_backend(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
     """The Backend for the bundle's BLT entropy graph, on the same kind of backend as the step."""
     if kind == "torch":
         from neat_edge.model.entropy import load_entropy_model
@@ -92,7 +92,7 @@ def entropy_backend(bundle, kind: str, device: str, graph: str | None = None):
         raise NeatError(f"bundle {bundle.path} has no {key} entropy graph "
                         f"(it has: {', '.join(graphs) or 'none'}); re-export with --target {key}")
     return _open(kind, device, bundle.file(entry["file"], f"patching.graphs.{key}.file"), GraphSpec.from_dict(entry),
-                 entry, bundle)
+                 entry, bundle, threads)
 
 
 def available_backends(bundle) -> tuple[list[str], dict[str, str]]:
@@ -123,3 +123,25 @@ def available_backends(bundle) -> tuple[list[str], dict[str, str]]:
                            "no CUDA GPU" if not torch.cuda.is_available() else
                            None if (bundle.path / trt.get("engine", "step.plan")).is_file() else "no engine built yet")
     return [n for n, why in reasons.items() if why is None], {n: why for n, why in reasons.items() if why}
+
+
+def decode_graphs(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
+    """The bundle's decode graphs (and its entropy model's, and the image head) as Backends of `kind`,
+    or None when the bundle has none for that artifact (exported before incremental decoding)."""
+    from neat_edge.runtimes.decoding import DecodeGraphs
+
+    key = _artifact(kind, graph)
+    decode = (bundle.manifest.get("decode") or {}).get("graphs", {}).get(key)
+    if not decode:
+        return None
+
+    def open_all(entries: dict) -> dict:
+        return {name: _open(kind, device, bundle.file(e["file"], f"decode.graphs.{key}.{name}.file"),
+                            GraphSpec.from_dict(e), e, bundle, threads)
+                for name, e in entries.items()}
+
+    entries = dict(decode)
+    head = entries.pop("decode_image_head", None)
+    entropy = {n: entries.pop(n) for n in list(entries) if n.startswith("entropy_")}
+    return DecodeGraphs(open_all(entries), open_all(entropy) if entropy else None,
+                        open_all({"decode_image_head": head})["decode_image_head"] if head else None)

@@ -21,8 +21,15 @@ class _TorchGraph:
     @torch.no_grad()
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         device = next(self.module.parameters()).device  # the module's own device (cpu or cuda)
-        args = [torch.from_numpy(canonical(feeds[n])).to(device) for n in self.spec.input_names]
+        args = [as_tensor(feeds[n], device) for n in self.spec.input_names]
         return {n: t.cpu().numpy() for n, t in zip(self.spec.output_names, self.module(*args))}
+
+
+def as_tensor(value, device) -> torch.Tensor:
+    """A feed (numpy, or a tensor some decode graph left on the device) as a tensor on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    return torch.from_numpy(canonical(value)).to(device)
 
 
 def canonical(a: np.ndarray) -> np.ndarray:
@@ -66,3 +73,58 @@ class TorchEntropyBackend(_TorchGraph):
 
         self.spec = entropy_spec(model)
         self.module = EntropyStepModule(place(model, device, self).eval())
+
+
+class TorchModuleGraph(_TorchGraph):
+    """Any flat-tensor graph module of a model already placed on its device (the decode graphs)."""
+
+    def __init__(self, module: torch.nn.Module, spec: GraphSpec, name: str = "torch"):
+        self.module, self.spec, self.name = module.eval(), spec, name
+
+
+def torch_decode_graphs(model: NeatModel, entropy_model=None, name: str = "torch", capture: bool | None = None,
+                        compile: bool = False):
+    """The decode graphs of an in-memory model (and its entropy model) as Backends, on the model's device.
+    On CUDA (capture None or True) each is captured as a CUDA graph over one shared device pool
+    (runtimes/captured.py); capture=True on the CPU runs the same pooled runner eagerly. compile: each
+    graph through torch.compile first (fused kernels: fewer launches in the captured graph)."""
+    from neat_edge.model.graphs import (
+        DecodeGraph,
+        DecodeSvfGraph,
+        EntropyDecodeGraph,
+        ImageHeadGraph,
+        decode_specs,
+        entropy_decode_specs,
+        image_head_spec,
+    )
+    from neat_edge.runtimes.decoding import DecodeGraphs
+
+    device = next(model.parameters()).device
+    pooled = capture if capture is not None else device.type == "cuda"
+    if pooled:
+        from neat_edge.runtimes.captured import CapturedGraph, DevicePool
+
+        pools = {"model": DevicePool(device), "entropy": DevicePool(device)}  # their cache names overlap
+
+        if compile:  # every graph shares DecodeGraph.forward's code: one compilation per graph and batch size
+            import torch._dynamo
+
+            config = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, limit, max(getattr(config, limit), 64))
+
+        def backend(module, spec, owner="model"):
+            if compile:  # static shapes: the captured graph replays the fused kernels
+                module = torch.compile(module, dynamic=False)
+            return CapturedGraph(module, spec, pools[owner], name, capture=True)
+    else:
+        def backend(module, spec, owner="model"):
+            return TorchModuleGraph(module, spec, name)
+    graphs = {n: backend((DecodeSvfGraph if n == "decode_svf" else DecodeGraph)(model, spec), spec)
+              for n, spec in decode_specs(model).items()}
+    entropy = None
+    if entropy_model is not None:
+        entropy = {n: backend(EntropyDecodeGraph(entropy_model, spec), spec, "entropy")
+                   for n, spec in entropy_decode_specs(entropy_model).items()}
+    head = TorchModuleGraph(ImageHeadGraph(model), image_head_spec(model), name)
+    return DecodeGraphs(graphs, entropy, head)

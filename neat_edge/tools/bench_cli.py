@@ -76,18 +76,20 @@ def _check_backends(names: list[str]) -> None:
 def _table(results: list[dict], title: str) -> Table:
     table = Table(title=title)
     for col in ("backend", "precision", "size MB", "first call ms", "step p50 ms", "p90", "p99",
-                "score B/s", "generate B/s", "peak MB", "bits/byte", "dispatch %"):
+                "score B/s", "generate B/s", "first byte ms", "byte p50 / p99 ms", "peak MB", "bits/byte", "dispatch %"):
         table.add_column(col, justify="right")
     for r in results:
         if "error" in r:
-            table.add_row(r["backend"], r["precision"], *["-"] * 9, f"[red]{r['error'][:40]}[/red]")
+            table.add_row(r["backend"], r["precision"], *["-"] * 11, f"[red]{r['error'][:40]}[/red]")
             continue
-        lat = r["step_latency_ms"]
+        lat, per_byte = r["step_latency_ms"], r["per_byte_latency_ms"]
         share = r.get("dispatch_overhead")
         table.add_row(r["backend"], r["precision"], f"{r['size_mb']:.1f}", f"{r['first_call_ms']:.1f}",
                       f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}",
-                      f"{r['score_bytes_per_s']:.0f}", f"{r['generate_bytes_per_s']:.0f}", f"{r['peak_memory_mb']:.1f}",
-                      f"{r['bits_per_byte']:.4f}", "-" if share is None else f"{100 * share:.2f}")
+                      f"{r['score_bytes_per_s']:.0f}", f"{r['generate_bytes_per_s']:.0f}",
+                      f"{r['time_to_first_byte_ms']:.1f}", f"{per_byte['p50']:.2f} / {per_byte['p99']:.2f}",
+                      f"{r['peak_memory_mb']:.1f}", f"{r['bits_per_byte']:.4f}",
+                      "-" if share is None else f"{100 * share:.2f}")
     return table
 
 

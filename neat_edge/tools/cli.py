@@ -1,4 +1,4 @@
-"""`neat`: the command-line entry point (train, eval, profile, export, parity, run, info, ...)."""
+"""`neat`: the command-line entry point (train, eval, recall, profile, export, parity, run, info, ...)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from neat_edge.tools.info_cmd import info_command
 from neat_edge.tools.mvot_cmd import mvot_eval_command
 from neat_edge.tools.parity_cmd import parity_command
 from neat_edge.tools.profile_cmd import profile_command
+from neat_edge.tools.recall_cmd import recall_command
 from neat_edge.tools.run_cmd import run_command
 from neat_edge.tools.train_cmd import train_command
 
@@ -26,6 +27,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 app.command("train")(train_command)
 app.command("eval")(eval_command)
+app.command("recall")(recall_command)
 app.command("profile")(profile_command)
 app.command("export")(export_command)
 app.command("parity")(parity_command)

@@ -57,9 +57,17 @@ def export_command(
             console.print(f"parity {name} ({r['precision']}) vs torch over {parity['reference']['segments']} segments: "
                           f"max |Δ log-prob| {r['max_abs_logprob_diff']:.2e}, top-1 {r['top1_agreement']:.4f}, "
                           f"bits/byte {r['bits_per_byte']:.4f} (Δ {r['bits_per_byte_delta']:+.2e})")
+        decode = parity.get("decode")
+        for name, r in (decode or {}).get("backends", {}).items():
+            console.print(f"decode graphs {name} ({r['precision']}): {decode['bytes']} greedy bytes, max |Δ log-prob| "
+                          f"{r['max_abs_logprob_diff']:.2e} vs the segment step, same bytes as torch: "
+                          f"{r['same_bytes_as_reference']}")
         for name, why in parity.get("skipped", {}).items():
             console.print(f"parity {name}: not run here — {why}")
     for stem, report in manifest.get("calibration", {}).get("graphs", {}).items():
+        if "accuracy" not in report:  # a decode graph: its accuracy is the decode parity above
+            console.print(f"int8 {stem}: {report['quantized_matmuls']} MatMuls int8 ({report.get('precision')})")
+            continue
         acc = report["accuracy"]
         console.print(f"int8 {stem}: {report['quantized_matmuls']} MatMuls int8 on {report['calibration_samples']} "
                       f"calibration segments; bits/byte {acc['bits_per_byte']:.4f} vs fp32 {acc['bits_per_byte_fp32']:.4f} "

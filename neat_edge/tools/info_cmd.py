@@ -26,13 +26,21 @@ def describe(target: str) -> dict:
         b = open_bundle(path)
         m = b.manifest
         return {"kind": "bundle", "path": str(path), "config": m["config"], "parameters": m["parameters"],
-                "graphs": m["graphs"], "parity": m.get("parity"), "tools": m["tools"], "patching": b.patching}
+                "graphs": m["graphs"], "parity": m.get("parity"), "tools": m["tools"], "patching": b.patching,
+                "decode": m.get("decode")}
     if target in PRESETS or target == "default" or is_checkpoint_dir(path):
         model = load(target)
         return {"kind": "model", "source": target, "config": model.cfg.to_dict(),
                 "parameters": count_parameters(model), "graphs": {"step": step_spec(model).to_dict()}}
     raise NeatError(f"'{target}' is neither a bundle, a checkpoint directory nor a preset "
                     f"({', '.join(PRESETS)}, default)")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def info_command(
@@ -58,6 +66,12 @@ def info_command(
             for t in graph[io]:
                 table.add_row(io[:-1], t["name"], t["dtype"], escape("[" + ", ".join(map(str, t["shape"])) + "]"))
         console.print(table)
+    decode = info.get("decode")
+    if decode:  # the decode graphs per target and the caches they carry
+        for target, graphs in decode["graphs"].items():
+            console.print(f"decode graphs ({target}): " + ", ".join(f"{n} ({g['file']})" for n, g in graphs.items()))
+        total = sum(4 * _numel(c["shape"][1:]) for c in decode["caches"])
+        console.print(f"decode caches: {len(decode['caches'])} tensors, {total / 1024:.0f} KiB per stream (fp32)")
     if info.get("parity"):
         p = info["parity"]
         console.print(f"parity: {'passed' if p['passed'] else 'FAILED'} (max |Δ log-prob| "

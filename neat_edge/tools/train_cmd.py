@@ -36,6 +36,11 @@ def train_command(
     max_minutes: float = typer.Option(0.0, "--max-minutes", min=0.0,
                                       help="Stop after this much training time (resumable with --resume)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out (weights, optimizer, RNG)."),
+    recall_fraction: float = typer.Option(0.0, "--recall-fraction", help="Share of training windows carrying "
+                                          "recall episodes (random strings, records, identifiers, repeated "
+                                          "passages, each repeated later in the window); 0 = off."),
+    recall_distances: str = typer.Option("200,4000", "--recall-distances", help="A,B: bytes from the end of an "
+                                         "episode's first occurrence to its repeat, drawn in [A, B]."),
     entropy_model: bool = typer.Option(False, "--entropy-model", help="Train the BLT entropy model instead."),
     entropy_checkpoint: Path | None = typer.Option(None, "--entropy-checkpoint",
                                                    help="Trained entropy model (for entropy patching)."),
@@ -77,7 +82,12 @@ def train_command(
     cfg = NeatConfig.load(config) if config else preset(preset_name or "tiny")
     if precision not in PRECISIONS:
         raise NeatError(f"unknown --precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    if recall_fraction and (visual_task or entropy_model):
+        raise NeatError("--recall-fraction applies to text training (not --visual-task or --entropy-model)")
+    from neat_edge.training.recall_episodes import parse_distances
+
     opts = TrainOptions(steps=steps, batch_size=batch_size, segments=segments, tbptt=tbptt, lr=lr, seed=seed,
+                        recall_fraction=recall_fraction, recall_distances=parse_distances(recall_distances),
                         warmup=warmup, device=device, precision=precision, grad_checkpointing=grad_checkpointing,
                         eval_every=eval_every, eval_bytes=eval_bytes, save_every=save_every, max_minutes=max_minutes,
                         entropy_checkpoint=str(entropy_checkpoint) if entropy_checkpoint else None)

@@ -34,6 +34,7 @@ from neat_edge.model.entropy import (
 from neat_edge.model.neat import NeatModel, count_parameters
 from neat_edge.training.data import ByteCorpus
 from neat_edge.training.patches import WindowPatches
+from neat_edge.training.recall_episodes import RecallEpisodes, RecallMix
 from neat_edge.training.resume import has_trainer_state, load_trainer_state, save_trainer_state
 
 LN2 = math.log(2.0)
@@ -58,6 +59,8 @@ class TrainOptions:
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     grad_checkpointing: bool = False  # recompute each segment's activations in backward
     max_minutes: float = 0.0  # stop (resumable) after this much training time; 0 = no limit
+    recall_fraction: float = 0.0  # share of windows carrying recall episodes (training/recall_episodes.py)
+    recall_distances: tuple[int, int] = (200, 4000)  # bytes from a first occurrence's end to its repeat
     device: str = "cpu"
     entropy_checkpoint: str | None = None  # entropy patching: the trained entropy model
 
@@ -161,9 +164,15 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
         return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
-    run = {"step": 0, "loss_history": [], "eval_curve": [], "skipped_nonfinite_steps": 0, "train_seconds": 0.0}
+    mix = corpus.mix.to_dict() if hasattr(corpus, "mix") else None  # recall episodes in the batches
+    run = {"step": 0, "loss_history": [], "eval_curve": [], "skipped_nonfinite_steps": 0, "train_seconds": 0.0,
+           "recall_mix": mix}
     if resume:
-        run.update(load_trainer_state(out_dir, model, optim, sched, rng))
+        saved = load_trainer_state(out_dir, model, optim, sched, rng)
+        if saved.get("recall_mix") != mix:  # else the batches after resuming would not be the run's
+            raise NeatError(f"--resume: the run was started with recall episodes {saved.get('recall_mix')}, "
+                            f"not {mix}: give the same --recall-fraction / --recall-distances")
+        run.update(saved)
     window = model.cfg.segment_len * opts.segments
     started_at, session_seconds, session_steps = run["step"], 0.0, 0
 
@@ -230,6 +239,7 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
         "device_name": torch.cuda.get_device_name() if opts.device.startswith("cuda") else "cpu",
         "precision": "bf16" if amp is not None else "fp32",
         "data": {"files": corpus.files, "train_bytes": corpus.train_bytes, "heldout_bytes": corpus.heldout_bytes},
+        "recall_episodes": mix,
         "steps_done": run["step"],
         "resumed_from_step": started_at if resume else None,
         "stopped_early": stopped_early,
@@ -251,15 +261,17 @@ def _check_resume(out_dir, resume: bool) -> bool:
 
 def fine_tune_start(base: str | Path, cfg: NeatConfig | None = None) -> NeatModel:
     """The dense model `base` holds, for further training under cfg (None: the base's own config).
-    cfg may differ from the base's only in the memory step θ (memory_theta_max / _init); a new θ scale
-    restarts the θ gate at memory_theta_init (its old logits meant a step on another scale)."""
+    cfg may differ from the base's only in the memory step (memory_theta_max / _init, memory_step: none
+    changes a weight's shape); a new θ scale restarts the θ gate at memory_theta_init (its old logits
+    meant a step on another scale)."""
     start = load_checkpoint(base, svf=False)
     cfg = cfg or start.cfg
     theta = ("memory_theta_max", "memory_theta_init")
-    same_arch = dataclasses.replace(cfg, **{k: getattr(start.cfg, k) for k in (*theta, "name")}) == start.cfg
+    step = (*theta, "memory_step")
+    same_arch = dataclasses.replace(cfg, **{k: getattr(start.cfg, k) for k in (*step, "name")}) == start.cfg
     if not same_arch:
         raise NeatError(f"--base {base}: the config given differs from the base's in more than the memory step "
-                        "(memory_theta_max, memory_theta_init)")
+                        f"({', '.join(step)})")
     model = build(cfg)
     fresh_theta_gates = [layer.memory.gate_theta.bias.detach().clone() for layer in model.latent.layers]
     model.load_state_dict(start.state_dict())
@@ -284,6 +296,9 @@ def train(cfg: NeatConfig | None, data_paths, out_dir, opts: TrainOptions, show_
         cfg = model.cfg
     else:
         model = build(cfg)
+    if opts.recall_fraction:
+        span = min(opts.tbptt, opts.segments) * cfg.segment_len
+        corpus = RecallEpisodes(corpus, RecallMix(opts.recall_fraction, *opts.recall_distances, span=span))
     patches, patching = None, None
     if cfg.patching == "entropy":
         if not opts.entropy_checkpoint:
