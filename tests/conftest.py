@@ -62,3 +62,13 @@ def bundle_dir(tmp_path_factory, model):
         return out
     export_bundle(model, out, log=lambda *_: None, patching=load_patching(DEFAULT_CHECKPOINT))
     return out
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The number of fuzz cases each category ran (tests/fuzzing.py), for the reliability notes."""
+    from tests import fuzzing
+
+    if fuzzing.CASES:
+        counts = ", ".join(f"{k} {v:,} ({fuzzing.OUTCOMES[k, 'refused']:,} refused, "
+                           f"{fuzzing.OUTCOMES[k, 'accepted']:,} accepted)" for k, v in sorted(fuzzing.CASES.items()))
+        terminalreporter.write_line(f"fuzz cases: {counts} (total {sum(fuzzing.CASES.values()):,})")

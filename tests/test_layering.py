@@ -12,6 +12,8 @@ ROOT = Path(neat_edge.__file__).parent
 FORBIDDEN = {
     "spec.py": {"model", "export", "runtimes", "calibration", "training", "tools"},
     "bundle.py": {"model", "export", "runtimes", "calibration", "training", "tools"},
+    "manifest.py": {"model", "export", "runtimes", "calibration", "training", "tools"},
+    "tensorfile.py": {"model", "export", "runtimes", "calibration", "training", "tools"},
     "model": {"export", "runtimes", "calibration", "training", "tools"},
     "runtimes": {"export", "calibration", "training", "tools"},
 }

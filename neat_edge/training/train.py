@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write_json
+from neat_edge.fileio import atomic_write_json, commit_together
 from neat_edge.model.checkpoint import build, load_checkpoint, save_checkpoint
 from neat_edge.model.entropy import (
     EntropyConfig,
@@ -176,11 +176,12 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
     window = model.cfg.segment_len * opts.segments
     started_at, session_seconds, session_steps = run["step"], 0.0, 0
 
-    def save():
+    def save():  # weights and trainer state land together: a run killed mid-save resumes from the last one
         model.cpu()
-        save_weights(model, out_dir)
+        with commit_together(out_dir):
+            save_weights(model, out_dir)
+            save_trainer_state(out_dir, model, optim, sched, rng, run)
         model.to(opts.device)
-        save_trainer_state(out_dir, model, optim, sched, rng, run)
 
     def held_out_bpb():
         model.eval()
