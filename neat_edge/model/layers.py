@@ -30,9 +30,11 @@ class RMSNorm(nn.Module):
 
 
 def tracing() -> bool:
-    """Is this code being traced for an exported graph (torch.export, torch.onnx) or compiled?"""
+    """Is this code being traced for an exported graph (torch.export, torch.onnx) or compiled? TorchScript
+    tracing counts too: Optimum's export() runs torch.onnx's TorchScript exporter, which has no aten::rms_norm."""
     compiler = torch.compiler
-    return compiler.is_compiling() or (hasattr(compiler, "is_exporting") and compiler.is_exporting())
+    return (compiler.is_compiling() or (hasattr(compiler, "is_exporting") and compiler.is_exporting())
+            or torch.jit.is_tracing())
 
 
 def rotary_freqs(head_dim: int, base: float = 10000.0) -> torch.Tensor:

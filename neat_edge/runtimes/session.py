@@ -286,6 +286,11 @@ class Session:
         self.state, self._pending, self._pending_patches = committed, b"", 0
         decoder.begin(self.state, decoder.svf_z, self.patch_state.get("entropy.byte_context"))
 
+    def append(self, data) -> None:
+        """Advance the stream by `data` (bytes, or int tokens: specials, MVoT image tokens) without scoring it:
+        what generate() does with its prompt and each chosen byte (neat_edge.hf drives a stream this way)."""
+        self._append_known(data)
+
     def _append_known(self, data) -> None:
         """Advance by bytes (or tokens) whose scores are not needed: through the synced decoder when a
         stream is being decoded (a few tokens), else only completed segments are run (segment step)."""
