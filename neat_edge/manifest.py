@@ -78,6 +78,7 @@ def check_manifest(manifest, path) -> NeatConfig:
         check_step_entry(w, f"graphs.{target}", entry, config, manifest)
     check_patching(w, manifest.get("patching"), config)
     check_images(w, manifest.get("images"), config)
+    check_decode(w, manifest.get("decode"), config)
     check_experts(w, manifest)
     return config
 
@@ -172,6 +173,36 @@ def check_images(w: Where, images, config: NeatConfig) -> None:
             w.fail(f"images.{key}", f"is {images[key]}, the config's is {want}")
     for target, entry in w.typed(images.get("graphs", {}), dict, "images.graphs").items():
         check_graph_entry(w, f"images.graphs.{target}", entry)
+
+
+def check_decode(w: Where, decode, config: NeatConfig) -> None:
+    """Incremental decoding: every decode graph a well-formed graph entry, every cache a named tensor with
+    its maximum length, and the segment geometry the config's."""
+    if decode is None:
+        return
+    w.typed(decode, dict, "decode")
+    for key in ("segment_len", "context_len", "memory_chunks"):
+        if w.typed(decode.get(key), int, f"decode.{key}") != getattr(config, key):
+            w.fail(f"decode.{key}", f"is {decode[key]}, the config's is {getattr(config, key)}")
+    names = set()
+    for i, cache in enumerate(w.typed(decode.get("caches"), list, "decode.caches")):
+        at = f"decode.caches[{i}]"
+        w.typed(cache, dict, at)
+        name = w.typed(cache.get("name"), str, f"{at}.name")
+        if not name or name in names:
+            w.fail(f"{at}.name", f"{name!r} is empty or named twice")
+        names.add(name)
+        if not isinstance(cache.get("dtype"), str) or cache["dtype"] not in DTYPES:
+            w.fail(f"{at}.dtype", f"{cache.get('dtype')!r} is not one of {', '.join(sorted(DTYPES))}")
+        shape = w.typed(cache.get("shape"), list, f"{at}.shape")
+        if not shape or any(not ((isinstance(d, str) and d) or (isinstance(d, int) and not isinstance(d, bool)
+                                                                and 0 <= d < MAX_DIM)) for d in shape):
+            w.fail(f"{at}.shape", "must list sizes in 0..2^31 or axis names")
+        if not 0 <= w.typed(cache.get("max_length"), int, f"{at}.max_length") < MAX_DIM:
+            w.fail(f"{at}.max_length", "must be in 0..2^31")
+    for target, graphs in w.typed(decode.get("graphs"), dict, "decode.graphs").items():
+        for name, entry in w.typed(graphs, dict, f"decode.graphs.{target}").items():
+            check_graph_entry(w, f"decode.graphs.{target}.{name}", entry)
 
 
 def check_experts(w: Where, manifest: dict) -> None:

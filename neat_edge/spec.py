@@ -142,6 +142,7 @@ CACHE_DOCS = {
     "cross": "decoder cross-attention over [carried latent ‖ the segment's closed patches]",
     "latent": "latent layer: attention over the segment's patches, convolution histories, write inputs",
     "chunk": "Titans memory at the current chunk's start (memory_chunks > 1)",
+    "prefix": "latent layer: keys and values of the persistent-token prefix, fixed within a segment",
 }
 
 
@@ -159,11 +160,14 @@ def cache_from_state(name: str) -> str | None:
 
 def cache_group(name: str) -> str:
     """enc (encoder window), dec (decoder self-attention), cross (latents the decoder reads), latent
-    (per latent layer), chunk (chunk-start memory): which graphs read and write a cache."""
+    (per latent layer), prefix (persistent-token keys/values), chunk (chunk-start memory): which graphs
+    read and write a cache."""
     if name in ("tokens", "seg_hidden") or name.startswith("enc."):
         return "enc"
     if name.startswith("dec."):
         return "cross" if ".cross_" in name else "dec"
+    if ".prefix_" in name:  # written once at the segment's start, only read after
+        return "prefix"
     return name.split(".")[0]
 
 

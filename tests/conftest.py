@@ -1,3 +1,4 @@
+import os
 import shutil
 import sysconfig
 from pathlib import Path
@@ -5,6 +6,11 @@ from pathlib import Path
 import pytest
 
 from neat_edge.model.checkpoint import load
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the two cores: one intra-op thread each
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

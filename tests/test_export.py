@@ -53,7 +53,7 @@ def test_corrupted_and_foreign_bundles(bundle_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(bundle_dir, bad)
     (bad / "step.onnx").write_bytes(b"garbage")
-    with pytest.raises(NeatError, match="checksum of step.onnx"):
+    with pytest.raises(NeatError, match="corrupted: step.onnx differs from the manifest"):
         open_bundle(bad)
     old = tmp_path / "old"
     shutil.copytree(bundle_dir, old)

@@ -34,9 +34,11 @@ def randomized(cfg: NeatConfig):
 def test_variant_exports_with_chained_parity(arch, window, chunks, tmp_path, corpus):
     """Several memory chunks per segment (a fixed count, the patch axis dynamic) stay loop-free too."""
     model = randomized(micro(arch, window, chunks))
-    manifest = export_bundle(model, tmp_path / arch, corpus=None, segments=40, log=lambda *_: None)
+    manifest = export_bundle(model, tmp_path / arch, corpus=None, segments=40, log=lambda *_: None,
+                             decode=False)  # the step graph; decode graphs: tests/test_decoding.py
     parity = manifest["parity"]
     assert parity["passed"] and parity["reference"]["segments"] >= 32
+    assert manifest["decode"] is None and "decode" not in parity  # --no-decode: a bundle for scoring
     assert parity["max_abs_logprob_diff"] <= 1e-4
     ops = {n.op_type for n in onnx.load(str(tmp_path / arch / "step.onnx")).graph.node}
     assert not ops & {"Loop", "Scan", "If"}

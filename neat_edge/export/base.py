@@ -122,7 +122,7 @@ def decode_example_inputs(model: NeatModel, batch: int = 2) -> dict[str, torch.T
     feeds.update({CACHE_IN + k: v for k, v in cache.items()})
     # no two inputs may share storage (decode_start copies the memory into the chunk caches): the exporter
     # would take aliased example inputs for one input and wire both names to it
-    return {k: v.clone() for k, v in feeds.items()}
+    return {k: v.clone(memory_format=torch.contiguous_format) for k, v in feeds.items()}  # no aliasing, C order
 
 
 DECODE_DESCRIPTIONS = {

@@ -44,7 +44,7 @@ def tool_versions() -> dict:
 
 
 def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path, on_target=None,
-                       patching=None) -> dict:
+                       patching=None, decode: bool = True) -> dict:
     """Build every target into out_dir plus initial state and checkpoint; returns the manifest.
     patching = (entropy model, EntropyPatcher) for entropy patching: its graph is built too."""
     from neat_edge.export.base import entropy_source, step_source
@@ -80,7 +80,8 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
         patching_entry = {"kind": "entropy", **asdict(patcher), "entropy_context_len": entropy_model.cfg.context_len,
                           "graphs": entropy_graphs}
     images_entry = _write_image_decoder(model, targets, out_dir, on_target)
-    decode_entry = _write_decode_graphs(model, targets, out_dir, on_target, patching, images_entry is not None)
+    decode_entry = (_write_decode_graphs(model, targets, out_dir, on_target, patching, images_entry is not None)
+                    if decode else None)  # without decode graphs a session generates through the step graph
     from neat_edge.experts import write_bundle_experts
 
     library = write_bundle_experts(model, out_dir)

@@ -78,8 +78,9 @@ def _size_mb(path: Path) -> float:
 def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: bool = True,
                   corpus: str | Path | None = None, segments: int = PARITY_SEGMENTS,
                   tolerance: float = DEFAULT_TOLERANCE, log=print, patching=None,
-                  precision: str | None = None, stateful: bool = False, calibration=None) -> dict:
-    """calibration: a CalibrationPlan (files, method) for int8 graphs; None = the defaults."""
+                  precision: str | None = None, stateful: bool = False, calibration=None, decode: bool = True) -> dict:
+    """calibration: a CalibrationPlan (files, method) for int8 graphs; None = the defaults. decode=False:
+    no decode graphs (a bundle for scoring only; generation re-runs the step graph per byte)."""
     import contextlib
 
     from neat_edge.calibration.plan import CalibrationPlan, calibrating
@@ -103,7 +104,7 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
             start[0] = time.time()
 
         with calibrating(calibration) if calibration else contextlib.nullcontext():
-            manifest = write_bundle_files(model, spec, built, staged, report_target, patching)
+            manifest = write_bundle_files(model, spec, built, staged, report_target, patching, decode)
         if calibration and calibration.reports:  # the accuracy delta of every calibrated graph
             manifest["calibration"] = calibration.manifest_entry()
         bundle = Bundle(staged, manifest)
@@ -167,7 +168,8 @@ def verify_bundle(path: Path, manifest: dict, corpus, segments: int, tolerance: 
     data, name = read_corpus(corpus, segments, reference.config.segment_len)
     candidates, precisions, skipped = verification_sessions(path, manifest)
     report = parity_report(reference, candidates, data, precisions)
-    decode = decode_parity_report(reference, candidates, data, precisions=precisions) if reference.decode_graphs else None
+    decode = (decode_parity_report(reference, candidates, data, precisions=precisions)
+              if manifest.get("decode") and reference.decode_graphs else None)
     for result in (*report["backends"].values(), *(decode or {}).get("backends", {}).values()):
         result["passed"] = backend_passed(result, tolerance, INT8_BPB_TOLERANCE if result["precision"] == "int8"
                                           else BPB_TOLERANCE)

@@ -66,9 +66,9 @@ def _reads_state(graph: str, cfg):
 
 
 DECODE_CACHES = {
-    "decode_start": ((), ("enc", "dec", "cross", "latent", "chunk")),
+    "decode_start": ((), ("enc", "dec", "cross", "latent", "prefix", "chunk")),
     "decode_byte": (("enc", "dec", "cross"), ("enc", "dec")),
-    "decode_patch": (("enc", "dec", "cross", "latent", "chunk"), ("enc", "dec", "cross", "latent")),
+    "decode_patch": (("enc", "dec", "cross", "latent", "prefix", "chunk"), ("enc", "dec", "cross", "latent")),
     "decode_commit": (("enc", "latent", "chunk"), ()),
     "decode_chunk": (("latent", "chunk"), ("chunk",)),
 }

@@ -59,7 +59,7 @@ class Session:
     def __init__(self, backend: Backend, config: NeatConfig, initial_state: dict[str, np.ndarray],
                  svf_z: np.ndarray | None = None, patches=None, decode=None):
         self.backend, self.config = backend, config
-        self.decode_graphs = decode  # DecodeGraphs (runtimes/decoding.py) or None: generation via the step graph
+        self.decode_graphs = decode  # DecodeGraphs (runtimes/decoding.py), a function making them, or None
         self.patches = FixedPatches(config.patch_size) if patches is None else patches
         self._initial = {k: np.ascontiguousarray(v) for k, v in initial_state.items()}
         self._initial_patch = self.patches.initial_state()
@@ -69,6 +69,18 @@ class Session:
         self.experts = None  # ExpertLibrary (neat_edge.experts), set by open_session / open_model_session
         self.image_decoder = None  # MVoT image-decoder Backend (codes -> pixels), set by the openers
         self.reset()
+
+    @property
+    def decode_graphs(self):
+        """The decode graphs (None: generation re-runs the step graph per byte). Opened on first use: a
+        session that only scores never loads them."""
+        if callable(self._decode_graphs):
+            self._decode_graphs = self._decode_graphs()
+        return self._decode_graphs
+
+    @decode_graphs.setter
+    def decode_graphs(self, graphs) -> None:
+        self._decode_graphs = graphs
 
     # --- stream state ----------------------------------------------------------------------------
     def reset(self) -> None:

@@ -29,6 +29,8 @@ def export_command(
     segments: int = typer.Option(40, "--segments", min=1, help="Segments of the corpus for the parity check."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Max |Δ log-prob| accepted by the parity check."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the parity check after export."),
+    decode: bool = typer.Option(True, "--decode/--no-decode",
+                                help="Write the incremental-decoding graphs (--no-decode: a bundle for scoring only)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Export a model (default: the bundled trained tiny checkpoint) to a verified bundle."""
@@ -50,17 +52,17 @@ def export_command(
     with console.status("exporting and verifying..."):
         manifest = export_bundle(model, out, targets, verify=verify, corpus=corpus, segments=segments,
                                  tolerance=tolerance, log=console.print, patching=patching_for(source, model),
-                                 precision=precision, stateful=stateful, calibration=plan)
+                                 precision=precision, stateful=stateful, calibration=plan, decode=decode)
     parity = manifest.get("parity")
     if parity:
         for name, r in parity["backends"].items():
             console.print(f"parity {name} ({r['precision']}) vs torch over {parity['reference']['segments']} segments: "
                           f"max |Δ log-prob| {r['max_abs_logprob_diff']:.2e}, top-1 {r['top1_agreement']:.4f}, "
                           f"bits/byte {r['bits_per_byte']:.4f} (Δ {r['bits_per_byte_delta']:+.2e})")
-        decode = parity.get("decode")
-        for name, r in (decode or {}).get("backends", {}).items():
-            console.print(f"decode graphs {name} ({r['precision']}): {decode['bytes']} greedy bytes, max |Δ log-prob| "
-                          f"{r['max_abs_logprob_diff']:.2e} vs the segment step, same bytes as torch: "
+        decode_report = parity.get("decode")
+        for name, r in (decode_report or {}).get("backends", {}).items():
+            console.print(f"decode graphs {name} ({r['precision']}): {decode_report['bytes']} greedy bytes, "
+                          f"max |Δ log-prob| {r['max_abs_logprob_diff']:.2e} vs the segment step, same bytes as torch: "
                           f"{r['same_bytes_as_reference']}")
         for name, why in parity.get("skipped", {}).items():
             console.print(f"parity {name}: not run here — {why}")
