@@ -180,6 +180,8 @@ class NeatConfig:
         if not isinstance(data, dict):
             raise NeatError("config must be a JSON object")
         known = {f.name for f in fields(cls)}
+        if data.get("model_type") == "neat":  # written by neat_edge.hf's save_pretrained, for AutoConfig; not a field
+            data = {k: v for k, v in data.items() if k != "model_type"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise NeatError(f"unknown config field '{unknown[0]}'")

@@ -1,7 +1,8 @@
 """Bits-per-byte of real documents through the deployed session, with the memory ablation and the
 classic compressors beside it.
 
-Each file is one document scored from a fresh stream, segment by segment with the state carried
+Documents are streamed from their files in bounded memory, whatever their size. Each file is one
+document scored from a fresh stream, segment by segment with the state carried
 (`memory="carry"`), or with the Titans memory put back to M_0 after every segment while the short-term
 context is kept (`memory="reset-each-segment"`): the difference is what the long-term memory buys.
 `xz -9` and `bzip2 -9` compress the same files, one by one, for scale.
@@ -13,11 +14,13 @@ import bz2
 import lzma
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from neat_edge.errors import NeatError
+from neat_edge.fileio import READ_CHUNK, iter_file_chunks
 
 MEMORY_MODES = ("carry", "reset-each-segment")
 LN2 = math.log(2.0)
@@ -46,23 +49,39 @@ def open_eval_session(model_path: str | Path, backend: str | None = None):
     return open_model_session(model.to(device), patching=patching)
 
 
-def read_documents(files, max_bytes: int | None = None, min_bytes: int = 0) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each file in order, keeping files of at least min_bytes, until max_bytes in
-    all (the last one cut to fit)."""
+@dataclass(frozen=True)
+class Document:
+    """A file to evaluate, read in pieces when scored (never whole: a document may be larger than RAM)."""
+
+    name: str
+    path: Path
+    size: int  # bytes evaluated: the file's size, or less where --max-bytes cut it
+
+    def chunks(self, chunk: int = READ_CHUNK):
+        return iter_file_chunks(self.path, chunk, limit=self.size)
+
+
+def read_documents(files, max_bytes: int | None = None, min_bytes: int = 0) -> list[Document]:
+    """The files in order as Documents, keeping files of at least min_bytes, until max_bytes in all
+    (the last one cut to fit). Only sizes are read here."""
     docs, total = [], 0
     for f in files:
-        data = Path(f).read_bytes()
-        if len(data) < max(min_bytes, 1):
+        size = Path(f).stat().st_size
+        if size < max(min_bytes, 1):
             continue
         if max_bytes is not None:
-            data = data[: max_bytes - total]
-        docs.append((str(f), data))
-        total += len(data)
+            size = min(size, max_bytes - total)
+        docs.append(Document(str(f), Path(f), size))
+        total += size
         if max_bytes is not None and total >= max_bytes:
             break
     if not docs:
         raise NeatError("no documents to evaluate" + (f" (none has at least {min_bytes} bytes)" if min_bytes else ""))
     return docs
+
+
+def _pieces(doc, chunk: int):
+    return [doc] if isinstance(doc, (bytes, bytearray)) else doc.chunks(chunk)
 
 
 def _check_memory(memory: str) -> None:
@@ -106,33 +125,44 @@ def greedy_continuation(session, n_bytes: int, memory: str = "carry") -> bytes:
     return produced
 
 
-def score_document(session, data: bytes, memory: str = "carry") -> float:
-    """Total -log2 p of a document from a fresh stream."""
+def score_document(session, data: Document | bytes, memory: str = "carry") -> float:
+    """Total -log2 p of a document (a Document, read in pieces, or bytes) from a fresh stream."""
     _check_memory(memory)
     session.reset()
-    return -float(np.sum(score_stream(session, data, memory), dtype=np.float64)) / LN2
+    seg = session.config.segment_len
+    nats = 0.0
+    for piece in _pieces(data, seg * max(READ_CHUNK // seg, 1)):  # whole segments: resets fall on boundaries
+        nats -= float(np.sum(score_stream(session, piece, memory), dtype=np.float64))
+    return nats / LN2
 
 
 def compressor_baselines(docs) -> dict:
     """Bits per byte of `xz -9` and `bzip2 -9`, each file compressed on its own (as each document is
-    scored from a fresh stream)."""
-    raw = sum(len(d) for _, d in docs)
-    sizes = {"xz -9": sum(len(lzma.compress(d, preset=9)) for _, d in docs),
-             "bzip2 -9": sum(len(bz2.compress(d, 9)) for _, d in docs)}
+    scored from a fresh stream), streamed: only the compressors' own buffers are held."""
+    raw = sizes_xz = sizes_bz = 0
+    for doc in docs:
+        xz, bz = lzma.LZMACompressor(preset=9), bz2.BZ2Compressor(9)
+        for piece in _pieces(doc, READ_CHUNK):
+            raw += len(piece)
+            sizes_xz += len(xz.compress(piece))
+            sizes_bz += len(bz.compress(piece))
+        sizes_xz += len(xz.flush())
+        sizes_bz += len(bz.flush())
+    sizes = {"xz -9": sizes_xz, "bzip2 -9": sizes_bz}
     return {name: {"bits_per_byte": 8 * size / raw, "compressed_bytes": size} for name, size in sizes.items()}
 
 
 def evaluate_documents(session, docs, memory: str = "carry", on_document=None) -> dict:
     """Bits-per-byte of every document and of all of them together."""
     per_file, bits, start = [], 0.0, time.perf_counter()
-    for name, data in docs:
-        doc_bits = score_document(session, data, memory)
+    for doc in docs:
+        doc_bits = score_document(session, doc, memory)
         bits += doc_bits
-        per_file.append({"file": name, "bytes": len(data), "bits_per_byte": doc_bits / len(data)})
+        per_file.append({"file": doc.name, "bytes": doc.size, "bits_per_byte": doc_bits / doc.size})
         if on_document:
-            on_document(len(data))
+            on_document(doc.size)
     seconds = time.perf_counter() - start
-    total = sum(len(d) for _, d in docs)
+    total = sum(d.size for d in docs)
     return {"bits_per_byte": bits / total, "bytes": total, "documents": len(docs), "memory": memory,
             "seconds": round(seconds, 3), "bytes_per_second": round(total / max(seconds, 1e-9), 1),
             "per_file": per_file}

@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
 
+from neat_edge.bundle import is_inside, resolve_inside
 from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write
+from neat_edge.tensorfile import read_tensors, write_tensors
 
 EXPERT_FORMAT, DISPATCH_FORMAT = "neat-expert/1", "neat-dispatch-head/1"
 EXPERTS_DIR, DISPATCH_HEAD_FILE = "experts", "dispatch_head.safetensors"
@@ -102,25 +101,20 @@ def save_expert(path: str | Path, domain: str, z: dict[str, np.ndarray], metadat
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta.update({"format": EXPERT_FORMAT, "name": path.stem, "domain": domain})
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in z.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-    return path
+    return write_tensors(path, tensors, meta, "expert file")
 
 
 def load_expert(path: str | Path) -> Expert:
+    """An expert file, checked: its digest (files saved before digests existed have none), format,
+    and z as finite 1-D float vectors."""
     path = Path(path)
-    if not path.is_file():
-        raise NeatError(f"expert file not found: {path}")
-    try:
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise NeatError(f"corrupted expert file {path}: {exc}") from None
+    tensors, meta = read_tensors(path, "expert file", require_digest=False)
     if meta.get("format") != EXPERT_FORMAT:
-        raise NeatError(f"{path} is not a NEAT expert file (format {meta.get('format')!r})")
-    if any(t.ndim != 1 or not np.isfinite(t).all() for t in tensors.values()):
-        raise NeatError(f"expert file {path} is corrupted: z must be finite 1-D vectors")
-    return Expert(check_name(path.stem), meta.get("domain", ""), tensors, meta, path)
+        raise NeatError(f"{path} is not a NEAT expert file (format {str(meta.get('format'))[:40]!r})")
+    if any(t.ndim != 1 or t.dtype.kind != "f" or not np.isfinite(t).all() for t in tensors.values()):
+        raise NeatError(f"expert file {path} is corrupted: z must be finite 1-D float vectors")
+    z = {k: t.astype(np.float32) for k, t in tensors.items()}
+    return Expert(check_name(path.stem), meta.get("domain", ""), z, meta, path)
 
 
 # --- a folder of experts -------------------------------------------------------------------------
@@ -129,13 +123,17 @@ class ExpertLibrary:
     read when the library is opened, so a file copied in is found by the next session."""
 
     def __init__(self, folder: Path | None, layout: list[dict], base_id: str | None,
-                 dispatch_slots: list[str] | None = None):
+                 dispatch_slots: list[str] | None = None, root: Path | None = None):
+        """root: the bundle the folder belongs to; a file there that links outside it is not read."""
         self.folder, self.layout, self.base_id = folder, layout, base_id
         self.dispatch_slots = list(dispatch_slots or [])  # expert name behind each dispatch-head output
         self.experts: dict[str, Expert] = {}
         self.skipped: dict[str, str] = {}  # file -> why it is not usable
         if folder is not None and folder.is_dir():
             for f in sorted(folder.glob("*.safetensors")):
+                if root is not None and not is_inside(f.resolve(), Path(root).resolve()):
+                    self.skipped[f.name] = f"expert file {f} is a link that leaves the bundle: refused"
+                    continue
                 try:
                     expert = load_expert(f)
                     self.check(expert)
@@ -192,8 +190,9 @@ def library_for_bundle(bundle) -> ExpertLibrary | None:
     m = bundle.manifest
     if "svf_layout" not in m:
         return None
-    return ExpertLibrary(bundle.path / EXPERTS_DIR, m["svf_layout"], m.get("svf_base_id"),
-                         (m.get("dispatch") or {}).get("experts"))
+    folder = resolve_inside(bundle.path, EXPERTS_DIR, "experts folder")
+    return ExpertLibrary(folder, m["svf_layout"], m.get("svf_base_id"), (m.get("dispatch") or {}).get("experts"),
+                         root=bundle.path)
 
 
 # --- the dispatch head ---------------------------------------------------------------------------
@@ -202,7 +201,7 @@ def save_dispatch_head(path: str | Path, weight: np.ndarray, bias: np.ndarray, s
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta.update({"format": DISPATCH_FORMAT, "experts": json.dumps(slots), "base_id": base_id})
     tensors = {"weight": np.ascontiguousarray(weight, np.float32), "bias": np.ascontiguousarray(bias, np.float32)}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return write_tensors(path, tensors, meta, "dispatch head")
 
 
 def apply_dispatch_head(model, checkpoint_dir: Path) -> None:
@@ -214,24 +213,25 @@ def apply_dispatch_head(model, checkpoint_dir: Path) -> None:
     model.dispatch_slots = []
     if not path.is_file():
         return
+    tensors, meta = read_tensors(path, "dispatch head", require_digest=False)
     try:
-        with safe_open(str(path), framework="numpy") as fh:
-            meta = fh.metadata() or {}
-        tensors = load_file(str(path))
         slots = json.loads(meta.get("experts", "[]"))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except ValueError as exc:
         raise NeatError(f"corrupted dispatch head {path}: {exc}") from None
     head = model.dispatch_head
-    if meta.get("format") != DISPATCH_FORMAT or tensors.get("weight") is None \
-            or tensors["weight"].shape != tuple(head.weight.shape) or tensors.get("bias") is None:
+    if meta.get("format") != DISPATCH_FORMAT or set(tensors) != {"weight", "bias"} \
+            or tensors["weight"].shape != tuple(head.weight.shape) or tensors["bias"].shape != tuple(head.bias.shape) \
+            or not isinstance(slots, list) or not all(isinstance(x, str) for x in slots) or len(slots) > head.bias.shape[0]:
         raise NeatError(f"{path} is not a dispatch head for this model")
+    if any(t.dtype.kind != "f" or not np.isfinite(t).all() for t in tensors.values()):
+        raise NeatError(f"dispatch head {path} is corrupted: its weights must be finite floats")
     if meta.get("base_id") != base_model_id(model):
         warnings.warn(f"{path} was trained for other base weights: ignored (retrain it with "
                       "`neat train --dispatch-head`)", stacklevel=2)
         return
     with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(tensors["weight"]))
-        head.bias.copy_(torch.from_numpy(tensors["bias"]))
+        head.weight.copy_(torch.from_numpy(tensors["weight"].astype(np.float32)))
+        head.bias.copy_(torch.from_numpy(tensors["bias"].astype(np.float32)))
     model.dispatch_slots = list(slots)
 
 

@@ -10,10 +10,12 @@ import neat_edge
 ROOT = Path(neat_edge.__file__).parent
 # room -> rooms (top-level names under neat_edge) it must never import, at module level or inside functions
 FORBIDDEN = {
-    "spec.py": {"model", "export", "runtimes", "calibration", "training", "tools"},
-    "bundle.py": {"model", "export", "runtimes", "calibration", "training", "tools"},
-    "model": {"export", "runtimes", "calibration", "training", "tools"},
-    "runtimes": {"export", "calibration", "training", "tools"},
+    "spec.py": {"model", "export", "runtimes", "calibration", "training", "tools", "hf"},
+    "bundle.py": {"model", "export", "runtimes", "calibration", "training", "tools", "hf"},
+    "manifest.py": {"model", "export", "runtimes", "calibration", "training", "tools", "hf"},
+    "tensorfile.py": {"model", "export", "runtimes", "calibration", "training", "tools", "hf"},
+    "model": {"export", "runtimes", "calibration", "training", "tools", "hf"},
+    "runtimes": {"export", "calibration", "training", "tools", "hf"},
 }
 
 
@@ -42,4 +44,17 @@ def test_imports_run_one_way():
         for f in files:
             for hit in sorted(imported_rooms(f) & forbidden):
                 bad.append(f"{f.relative_to(ROOT)} imports neat_edge.{hit}")
+    assert not bad, "\n".join(bad)
+
+
+def test_core_never_imports_hugging_face():
+    """transformers / optimum are the `hf` extra's: only neat_edge/hf imports them."""
+    bad = []
+    for f in sorted(ROOT.rglob("*.py")):
+        if f.relative_to(ROOT).parts[0] == "hf":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            bad += [f"{f.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in ("transformers", "optimum")]
     assert not bad, "\n".join(bad)

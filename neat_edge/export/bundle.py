@@ -3,6 +3,7 @@ checkpoint the graphs came from, staged and installed atomically (reading: neat_
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import shutil
 import tempfile
@@ -15,14 +16,25 @@ from safetensors.torch import save_file
 import neat_edge
 from neat_edge.bundle import CHECKPOINT_DIR, FORMAT, FORMAT_VERSION, INITIAL_STATE, MANIFEST
 from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write, sha256_file
+from neat_edge.fileio import atomic_write, default_mode, exchange_paths, sha256_file
 from neat_edge.model.checkpoint import save_checkpoint
 from neat_edge.model.neat import NeatModel, count_parameters
 from neat_edge.spec import STATE_IN, GraphSpec
 
 
+def source_digest() -> str:
+    """sha256 (16 hex) of the neat_edge package's Python sources: which code wrote a bundle, finer than the
+    version number (a bundle exported before a change to the graphs can be told from a fresh one)."""
+    h = hashlib.sha256()
+    root = Path(neat_edge.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def tool_versions() -> dict:
-    versions = {"neat_edge": neat_edge.__version__, "python": platform.python_version(), "torch": torch.__version__}
+    versions = {"neat_edge": neat_edge.__version__, "neat_edge_source": source_digest(),
+                "python": platform.python_version(), "torch": torch.__version__}
     for mod in ("onnx", "onnxruntime", "onnxscript", "coremltools", "onnxsim", "tensorrt"):
         try:  # installed distributions, without importing them (coremltools is slow and noisy to import)
             versions[mod] = metadata.version(mod)
@@ -134,14 +146,21 @@ def _write_decode_graphs(model: NeatModel, targets, out_dir: Path, on_target=Non
 
 def staging_dir(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    staged.chmod(default_mode(directory=True))  # mkdtemp's 0700 would make the installed bundle private
+    return staged
 
 
 def install_bundle(staged: Path, out: Path) -> None:
-    """Move a finished bundle into place (replacing an older bundle at that path)."""
+    """Move a finished bundle into place (replacing an older bundle at that path). An existing bundle
+    is swapped with the new one in one atomic rename where the OS can (a kill at any point leaves a
+    whole bundle at `out`); the old one then sits in the staging folder until it is removed."""
     if out.exists():
         if not (out / MANIFEST).is_file():
             raise NeatError(f"refusing to overwrite {out}: it exists and is not a NEAT bundle")
+        if exchange_paths(staged, out):
+            shutil.rmtree(staged, ignore_errors=True)
+            return
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)

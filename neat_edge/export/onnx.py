@@ -23,7 +23,7 @@ from neat_edge.model.graphs import EntropyStepModule
 from neat_edge.model.neat import NeatModel
 from neat_edge.spec import GraphSpec
 
-OPSET = 18
+OPSET = 20  # 20: GELU is one op (Gelu), which ONNX Runtime and TensorRT run fused; 18 spells it in five
 PRECISION_KEY = "neat.precision"  # ONNX metadata: lets a later target tell what precision a file holds
 
 __all__ = ["OPSET", "OnnxTarget", "EntropyStepModule", "export_graph", "export_entropy_onnx", "onnx_precision"]

@@ -6,6 +6,7 @@ trained tiny model shipped inside the package; anything else is a checkpoint dir
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from neat_edge.config import PRESETS, NeatConfig
 from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write, atomic_write_bytes
+from neat_edge.fileio import JOURNAL, atomic_write, atomic_write_bytes, commit_together, recover
 from neat_edge.model.mvot import IMAGE_EMBED_KEYS
 from neat_edge.model.neat import NeatModel
 from neat_edge.model.svf import convert_to_svf
@@ -37,8 +38,9 @@ def save_checkpoint(model: NeatModel, out_dir: str | Path, extra_tensors: dict |
     tensors.update(extra_tensors or {})
     is_svf = any(k.endswith(".U") for k in tensors)
     metadata = {"format": "neat-edge", "svf": "1" if is_svf else "0", "fingerprint": model.cfg.fingerprint()}
-    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    atomic_write_bytes(out / CONFIG_FILE, (model.cfg.to_json() + "\n").encode())
+    with commit_together(out):  # weights and config land together (a kill mid-save leaves the old pair)
+        atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        atomic_write_bytes(out / CONFIG_FILE, (model.cfg.to_json() + "\n").encode())
     return out
 
 
@@ -51,6 +53,8 @@ def load_checkpoint(path: str | Path, svf: bool = True, svf_rank: int | None = N
     path = Path(path)
     if not path.exists():
         raise NeatError(f"checkpoint not found: {path}")
+    if (path / JOURNAL).is_file() and os.access(path, os.W_OK):
+        recover(path)  # a save killed after its commit point: finish it (the new weights are complete)
     if not is_checkpoint_dir(path):
         raise NeatError(f"{path} is not a checkpoint directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     cfg = NeatConfig.load(path / CONFIG_FILE)

@@ -64,6 +64,8 @@ def cache_layout(model) -> dict[str, tuple[tuple, str]]:
             layout[f"latent.{i}.write_{kv}"] = ((mem.heads, patches, mem.head_dim), "float32")
         for gate in ("alpha", "theta", "eta"):
             layout[f"latent.{i}.write_{gate}"] = ((mem.heads, patches), "float32")
+        if cfg.persistent_tokens:  # the prefix's keys and values: fixed within a segment
+            layout.update({f"latent.{i}.prefix_{kv}": ((hm, cfg.persistent_tokens, dm), "float32") for kv in "kv"})
         if layer.carries_window:  # this segment's attention key rows, for the next segment's window
             layout[f"latent.{i}.rows"] = ((patches, cfg.d_model), "float32")
         if cfg.memory_chunks > 1:
@@ -78,6 +80,19 @@ def caches_from_state(cache: dict, state: dict) -> dict:
     state tensors given (the decode_start graph is given none of them: the runtime copies them)."""
     sources = {name: cache_from_state(name) for name in cache}  # (no walrus: TorchDynamo rejects it here)
     return {name: state[source].clone() for name, source in sources.items() if source in state}
+
+
+class PrefixReads:
+    """What a layer's prefix may read at a segment's start: the segment-start memory (MAL's persistent
+    tokens pass through it)."""
+
+    def __init__(self, layer_state: dict, layer):
+        self.weights = {"weights": [layer_state[f"weight.{l}"] for l in range(layer.memory.depth)]} \
+            if "weight.0" in layer_state else None
+        self.layer = layer
+
+    def read_start(self, q):
+        return self.layer._read(self.weights, q)
 
 
 class IncrementalDecoder:
@@ -188,6 +203,10 @@ class IncrementalDecoder:
             cache[f"dec.{l}.cross_k"] = torch.nn.functional.pad(k, (0, 0, 0, n))
             cache[f"dec.{l}.cross_v"] = torch.nn.functional.pad(v, (0, 0, 0, n))
         cache.update(caches_from_state(cache, state))
+        if cfg.persistent_tokens:
+            for i, layer in enumerate(model.latent.layers):
+                reads = PrefixReads(self._layer_state(state, i), layer)
+                cache[f"latent.{i}.prefix_k"], cache[f"latent.{i}.prefix_v"] = layer.prefix_keys(reads, batch, z)
         zero = torch.zeros(batch, dtype=torch.long, device=ref.device)
         logprobs, hidden = self._decode(x[:, w - 1 :], zero, zero + 1, cache, z)
         return logprobs, hidden, cache

@@ -52,11 +52,12 @@ class EntropyStepModule(torch.nn.Module):
 
 # --- incremental decoding ------------------------------------------------------------------------
 # graph -> (state tensors it reads, cache groups it reads, cache groups it writes). Reads are what the
-# graph may need for any memory variant; an exporter drops inputs its graph does not use (onnx.py).
+# graph may need for any memory variant (decode_start reads the memory for MAL's prefix only); an exporter
+# drops inputs its graph does not use (onnx.py).
 def _reads_state(graph: str, cfg):
     memory = lambda n: n.startswith("memory.") and (".weight." in n or ".momentum." in n)  # noqa: E731
     return {
-        "decode_start": lambda n: n in ("byte_context", "latent_carry"),
+        "decode_start": lambda n: n in ("byte_context", "latent_carry") or (n.startswith("memory.") and ".weight." in n),
         "decode_byte": lambda n: False,
         "decode_patch": lambda n: (n.startswith("memory.") and ".weight." in n) or n.startswith("window."),
         "decode_commit": lambda n: memory(n) or n.startswith("window."),
@@ -180,7 +181,7 @@ class ImageHeadGraph(torch.nn.Module):
         self.head = model.image_head
 
     def forward(self, hidden):
-        return self.head(hidden)
+        return (self.head(hidden),)  # a tuple like every graph module: backends zip it with the spec's outputs
 
 
 def image_head_spec(model: NeatModel) -> GraphSpec:

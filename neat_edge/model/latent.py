@@ -137,6 +137,15 @@ class MemoryLayer(nn.Module):
     def _persistent(self, batch):
         return self.persistent.unsqueeze(0).expand(batch, -1, -1)
 
+    def prefix(self, run, batch: int):
+        """The rows every patch's attention sees before the patches (Eq 19: the persistent tokens). They do
+        not change within a segment, so a decode caches their keys and values at the segment's start."""
+        return self._persistent(batch)
+
+    def prefix_keys(self, run, batch: int, z):
+        """Keys and values [B,H,n,Dh] of the prefix (position 0 for all: rotary leaves them as they are)."""
+        return self.attn.keys_values(self.norm_kv(self.prefix(run, batch)), z)
+
     def _read_write(self, mem_state, src, k, v, q, patch_mask, new_state):
         """Eq 24 / 13-14 chunk by chunk: read q at the chunk-start memory, then write k, v; padded
         patches are skipped exactly. Returns the merged read [B,P,D] and the new layer state."""
@@ -167,7 +176,7 @@ class MACLayer(MemoryLayer):
     def equations(self, x, run):
         _, _, q_x = run.project(x, "conv_in")
         h = run.read_start(q_x)  # Eq 21
-        y = x + run.attend(x, self._persistent(x.shape[0]), [h, x])  # Eq 22-23: [persistent ‖ h ‖ x]
+        y = x + run.attend(x, self.prefix(run, x.shape[0]), [h, x])  # Eq 22-23: [persistent ‖ h ‖ x]
         k_y, v_y, q_y = run.project(y, "conv_out")
         read = run.read_write(y, k_y, v_y, q_y)  # Eq 24
         y = self._gate(y, read)  # Eq 25
@@ -177,7 +186,7 @@ class MACLayer(MemoryLayer):
 class MAGLayer(MemoryLayer):
     def equations(self, x, run):
         k, v, q = run.project(x, "conv_in")
-        y = x + run.attend(x, self._persistent(x.shape[0]), [x])  # Eq 26-27
+        y = x + run.attend(x, self.prefix(run, x.shape[0]), [x])  # Eq 26-27
         read = run.read_write(x, k, v, q)
         y = self._gate(y, read)  # Eq 28
         return y + self.mlp(self.norm_mlp(y), run.z)
@@ -187,12 +196,15 @@ class MALLayer(MemoryLayer):
     def equations(self, x, run):
         k, v, q = run.project(x, "conv_in")
         y = x + run.read_write(x, k, v, q)  # Eq 29-30
-        # Persistent tokens pass through the memory too (they are a fixed prefix: no conv history).
-        p = self._persistent(x.shape[0])
-        _, _, q_p = self.memory.project(p)
-        p = p + run.read_start(q_p)
-        y = y + run.attend(y, p, [y])  # Eq 31
+        y = y + run.attend(y, self.prefix(run, x.shape[0]), [y])  # Eq 31
         return y + self.mlp(self.norm_mlp(y), run.z)
+
+    def prefix(self, run, batch: int):
+        """Persistent tokens pass through the memory too, read at the segment start (Eq 29-30 on p; a fixed
+        prefix: no conv history)."""
+        p = self._persistent(batch)
+        _, _, q_p = self.memory.project(p)
+        return p + run.read_start(q_p)
 
 
 class SegmentPass:
@@ -278,8 +290,10 @@ class PatchPass:
             cache_k = write_slot(cache_k, k, self.patch + b * span, 2, self.close)
             cache_v = write_slot(cache_v, v, self.patch + b * span, 2, self.close)
         self.new["k"], self.new["v"] = cache_k, cache_v
-        zero = torch.zeros(n_prefix, dtype=queries.dtype, device=queries.device)
-        k_pre, v_pre = layer.attn.keys_values(layer.norm_kv(prefix), self.z, zero)
+        if "prefix_k" in self.cache:  # cached at the segment start (decode_start)
+            k_pre, v_pre = self.cache["prefix_k"], self.cache["prefix_v"]
+        else:
+            k_pre, v_pre = layer.attn.keys_values(layer.norm_kv(prefix), self.z)  # position 0: no rotation
         j = torch.arange(span, device=queries.device)
         seen = (j <= self.patch[:, None]) & (self.patch[:, None] - j < (layer.window or span))  # [B, span]
         parts_k, parts_v, parts_mask = [k_pre], [v_pre], [torch.ones_like(seen[:, :1]).expand(-1, n_prefix)]

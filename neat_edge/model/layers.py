@@ -30,9 +30,11 @@ class RMSNorm(nn.Module):
 
 
 def tracing() -> bool:
-    """Is this code being traced for an exported graph (torch.export, torch.onnx) or compiled?"""
+    """Is this code being traced for an exported graph (torch.export, torch.onnx) or compiled? TorchScript
+    tracing counts too: Optimum's export() runs torch.onnx's TorchScript exporter, which has no aten::rms_norm."""
     compiler = torch.compiler
-    return compiler.is_compiling() or (hasattr(compiler, "is_exporting") and compiler.is_exporting())
+    return (compiler.is_compiling() or (hasattr(compiler, "is_exporting") and compiler.is_exporting())
+            or torch.jit.is_tracing())
 
 
 def rotary_freqs(head_dim: int, base: float = 10000.0) -> torch.Tensor:
@@ -95,6 +97,8 @@ class Attention(nn.Module):
 
     def _split(self, x):
         b, t, d = x.shape
+        if isinstance(t, int) and t == 1:  # one position (a decode step): the same layout, no transpose
+            return x.reshape(b, self.heads, 1, d // self.heads)
         return x.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
 
     # The three pieces are what both the whole-segment forward and the incremental (cached) forms run.
@@ -110,7 +114,10 @@ class Attention(nn.Module):
 
     def combine(self, q, k, v, mask, z=None):
         """Masked attention of q over k/v, heads merged, output projection: [B,T,dim]."""
-        out = masked_attention(q, k, v, mask).transpose(1, 2)
+        out = masked_attention(q, k, v, mask)
+        if isinstance(out.shape[2], int) and out.shape[2] == 1:  # one position: heads merge by a reshape
+            return self._proj(self.o, out.reshape(out.shape[0], 1, -1), z)
+        out = out.transpose(1, 2)
         return self._proj(self.o, out.reshape(out.shape[0], out.shape[1], -1), z)
 
     def forward(self, x, kv, mask, z=None, q_pos=None, k_pos=None):

@@ -23,7 +23,7 @@ def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=Non
     bundle = open_bundle(bundle_dir)
     impl = step_backend(bundle, kind, device, graph, threads)
     patches = _bundle_patches(bundle, kind, device, graph, threads)
-    session = Session(impl, bundle.config, bundle.initial_state(), svf_z=svf_z, patches=patches,
+    session = Session(impl, bundle.config, bundle.initial_state(impl.spec), svf_z=svf_z, patches=patches,
                       decode=decode_backends(bundle, kind, device, graph, impl, patches, threads))
     from neat_edge.experts import library_for_bundle
 

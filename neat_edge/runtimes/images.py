@@ -54,7 +54,8 @@ def image_decoder_backend(bundle, kind: str, device: str, graph: str | None = No
     entry = info["graphs"].get(key)
     if entry is None or (key == "tensorrt" and kind == "tensorrt"):
         return None  # no decoder artifact for this backend: images cannot be decoded through it
-    return _open(kind, device, bundle.path / entry["file"], GraphSpec.from_dict(entry), entry)
+    return _open(kind, device, bundle.file(entry["file"], f"images.graphs.{key}.file"), GraphSpec.from_dict(entry),
+                 entry, bundle)
 
 
 def decode_image(session, codes: np.ndarray) -> np.ndarray:

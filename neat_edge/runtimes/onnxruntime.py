@@ -1,7 +1,19 @@
-"""ONNX Runtime backend."""
+"""ONNX Runtime backend.
+
+One `onnxruntime.InferenceSession` serves every backend opened on the same graph file with the same
+provider and thread count (ONNX Runtime's Run() is thread-safe and the session holds no stream state:
+that lives in each neat Session), so eight sessions on one bundle hold the graph's weights once. Before
+a graph is loaded its external-data references are checked (they must stay inside the graph's folder
+and, in a bundle, be covered by its checksums); once loaded, its inputs and outputs must be the ones
+the manifest's spec describes.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +23,110 @@ from neat_edge.errors import NeatError
 from neat_edge.spec import GraphSpec
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider"}
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # (file identity, provider, threads) -> session
+_SHARED_LOCK = threading.Lock()
+
+
+def external_data_files(graph_path: Path) -> list[Path]:
+    """The files the graph's tensors keep their data in (ONNX external data), each refused unless it
+    is a relative path that stays inside the graph's folder (symlinks followed)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(graph_path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+        raise NeatError(f"ONNX Runtime cannot load {graph_path}: not a valid ONNX file ({type(exc).__name__})") from None
+    folder = graph_path.parent.resolve()
+    found, graphs = [], [model.graph, *(f for f in model.functions)]
+    while graphs:
+        g = graphs.pop()
+        tensors = list(getattr(g, "initializer", []))
+        for node in getattr(g, "node", []):
+            for attr in node.attribute:
+                tensors += [attr.t] if attr.HasField("t") else []
+                tensors += list(attr.tensors)
+                graphs += ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+        for t in tensors:
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((e.value for e in t.external_data if e.key == "location"), "")
+            target = (folder / location).resolve()
+            if not location or os.path.isabs(location) or ".." in Path(location).parts or \
+                    not (target == folder or folder in target.parents):
+                raise NeatError(f"{graph_path}: tensor '{t.name}' keeps its data in {location!r}, outside the "
+                                "graph's folder: refused")
+            found.append(target)
+    return found
+
+
+def check_graph_io(session: ort.InferenceSession, spec: GraphSpec, graph_path: Path) -> None:
+    """The loaded graph takes and returns what the spec (the manifest) says: names, dtypes, ranks, the
+    fixed sizes, and dynamic axes where the spec has them."""
+    def mismatch(why: str):
+        raise NeatError(f"graph {graph_path} disagrees with the manifest: {why}")
+
+    for kind, graph_io, spec_io in (("input", session.get_inputs(), spec.inputs),
+                                    ("output", session.get_outputs(), spec.outputs)):
+        have = {a.name: a for a in graph_io}
+        if kind == "input" and set(have) != {t.name for t in spec_io}:
+            extra = sorted(set(have) ^ {t.name for t in spec_io})
+            mismatch(f"input '{extra[0]}' is in {'the graph only' if extra[0] in have else 'the manifest only'}")
+        for t in spec_io:
+            a = have.get(t.name)
+            if a is None:
+                mismatch(f"the graph has no output '{t.name}'")
+            if ORT_DTYPES.get(a.type) != t.dtype:
+                mismatch(f"{kind} '{t.name}' is {a.type} in the graph, {t.dtype} in the manifest")
+            if not isinstance(a.shape, list):
+                continue
+            fixed_ok = all(g == s for g, s in zip(a.shape, t.shape) if isinstance(s, int) and isinstance(g, int))
+            dynamic_ok = kind == "output" or all(not isinstance(g, int) for g, s in zip(a.shape, t.shape)
+                                                 if isinstance(s, str))
+            if len(a.shape) != len(t.shape) or not (fixed_ok and dynamic_ok):
+                mismatch(f"{kind} '{t.name}' has shape {a.shape} in the graph, {list(t.shape)} in the manifest")
+
+
+def shared_session(graph_path: Path, provider: str, threads: int | None,
+                   check_file: Callable[[Path], object] | None = None) -> ort.InferenceSession:
+    """The InferenceSession for this file, provider and thread count: an existing one while any
+    backend still holds it, else a new one (external data checked first)."""
+    st = graph_path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, provider, threads)
+    with _SHARED_LOCK:
+        session = _SHARED.get(key)
+        if session is not None:
+            return session
+        for f in external_data_files(graph_path):
+            if check_file is not None:
+                check_file(f)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(graph_path), opts, providers=[provider])
+        except Exception as exc:  # ORT raises its own types for unreadable or invalid models
+            raise NeatError(f"ONNX Runtime cannot load {graph_path}: {str(exc).splitlines()[0][:300]}") from None
+        _SHARED[key] = session
+        return session
 
 
 class OnnxRuntimeBackend:
-    def __init__(self, graph_path: Path, spec: GraphSpec, device: str = "cpu", threads: int | None = None):
+    def __init__(self, graph_path: Path, spec: GraphSpec, device: str = "cpu", threads: int | None = None,
+                 check_file: Callable[[Path], object] | None = None):
+        """check_file(path): raises for an external-data file the caller (a bundle) does not cover."""
         if device not in PROVIDERS:
             raise NeatError(f"unknown ONNX Runtime device '{device}' (choose from {', '.join(PROVIDERS)})")
         provider = PROVIDERS[device]
         if provider not in ort.get_available_providers():
             raise NeatError(f"ONNX Runtime here has no {provider} (available: {', '.join(ort.get_available_providers())})")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(graph_path), opts, providers=[provider])
-        except Exception as exc:  # ORT raises its own types for unreadable or invalid models
-            raise NeatError(f"ONNX Runtime cannot load {graph_path}: {str(exc).splitlines()[0]}") from None
+        graph_path = Path(graph_path)
+        if not graph_path.is_file():
+            raise NeatError(f"ONNX Runtime cannot load {graph_path}: no such file")
+        self.session = shared_session(graph_path, provider, threads, check_file)
+        check_graph_io(self.session, spec, graph_path)
         self.name = "onnxruntime" if device == "cpu" else f"onnxruntime:{device}"
         self.spec = spec
         self.device = "cuda" if device == "cuda" else "cpu"  # where step_native keeps what it returns

@@ -40,11 +40,13 @@ def graph_precision(bundle, kind: str) -> str:
     return entry.get("precision", "fp32")
 
 
-def _open(kind: str, device: str, path, spec: GraphSpec, entry: dict, threads: int | None = None):
+def _open(kind: str, device: str, path, spec: GraphSpec, entry: dict, bundle=None, threads: int | None = None):
     if kind == "onnxruntime":
         from neat_edge.runtimes.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, spec, device, threads=threads)
+        # External data a graph names must be bundle files the checksums cover, like the graph itself.
+        check = None if bundle is None else (lambda f: bundle.file(f.relative_to(bundle.path.resolve()).as_posix()))
+        return OnnxRuntimeBackend(path, spec, device, check_file=check, threads=threads)
     if kind == "coreml":
         from neat_edge.runtimes.coreml import CoreMLBackend
 
@@ -73,7 +75,7 @@ def step_backend(bundle, kind: str, device: str, graph: str | None = None, threa
         return TorchBackend(load_checkpoint(bundle.checkpoint_dir), device=device)
     key = _artifact(kind, graph)
     path, spec = bundle.graph(key)
-    return _open(kind, device, path, spec, bundle.manifest["graphs"][key], threads)
+    return _open(kind, device, path, spec, bundle.manifest["graphs"][key], bundle, threads)
 
 
 def entropy_backend(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
@@ -89,7 +91,8 @@ def entropy_backend(bundle, kind: str, device: str, graph: str | None = None, th
     if entry is None:
         raise NeatError(f"bundle {bundle.path} has no {key} entropy graph "
                         f"(it has: {', '.join(graphs) or 'none'}); re-export with --target {key}")
-    return _open(kind, device, bundle.path / entry["file"], GraphSpec.from_dict(entry), entry, threads)
+    return _open(kind, device, bundle.file(entry["file"], f"patching.graphs.{key}.file"), GraphSpec.from_dict(entry),
+                 entry, bundle, threads)
 
 
 def available_backends(bundle) -> tuple[list[str], dict[str, str]]:
@@ -118,7 +121,7 @@ def available_backends(bundle) -> tuple[list[str], dict[str, str]]:
     reasons["tensorrt"] = ("the bundle has no tensorrt graph" if trt is None else
                            "TensorRT is not installed" if importlib.util.find_spec("tensorrt") is None else
                            "no CUDA GPU" if not torch.cuda.is_available() else
-                           None if (bundle.path / trt["engine"]).is_file() else "no engine built yet")
+                           None if (bundle.path / trt.get("engine", "step.plan")).is_file() else "no engine built yet")
     return [n for n, why in reasons.items() if why is None], {n: why for n, why in reasons.items() if why}
 
 
@@ -133,7 +136,8 @@ def decode_graphs(bundle, kind: str, device: str, graph: str | None = None, thre
         return None
 
     def open_all(entries: dict) -> dict:
-        return {name: _open(kind, device, bundle.path / e["file"], GraphSpec.from_dict(e), e, threads)
+        return {name: _open(kind, device, bundle.file(e["file"], f"decode.graphs.{key}.{name}.file"),
+                            GraphSpec.from_dict(e), e, bundle, threads)
                 for name, e in entries.items()}
 
     entries = dict(decode)

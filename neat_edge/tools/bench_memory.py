@@ -19,6 +19,7 @@ import torch
 import typer
 from rich.table import Table
 
+from neat_edge.errors import NeatError
 from neat_edge.fileio import atomic_write_json
 from neat_edge.model.titans import NeuralMemory
 from neat_edge.tools.common import console
@@ -88,16 +89,18 @@ def bench_memory(dim=256, heads=4, chunk=64, tokens=1024, depth=2, expansion=4, 
 
 
 def memory_command(
-    dim: int = typer.Option(256, "--dim"), heads: int = typer.Option(4, "--heads"),
-    chunk: int = typer.Option(64, "--chunk"), tokens: int = typer.Option(1024, "--tokens"),
-    depth: int = typer.Option(2, "--depth"), expansion: int = typer.Option(4, "--expansion"),
-    batch: int = typer.Option(1, "--batch"), runs: int = typer.Option(5, "--runs", min=1),
+    dim: int = typer.Option(256, "--dim", min=1), heads: int = typer.Option(4, "--heads", min=1),
+    chunk: int = typer.Option(64, "--chunk", min=1), tokens: int = typer.Option(1024, "--tokens", min=1),
+    depth: int = typer.Option(2, "--depth", min=1, max=4), expansion: int = typer.Option(4, "--expansion", min=1),
+    batch: int = typer.Option(1, "--batch", min=1), runs: int = typer.Option(5, "--runs", min=1),
     warmup: int = typer.Option(2, "--warmup", min=0),
     peer_runs: int = typer.Option(2, "--peer-runs", min=1, help="Timed runs of the slow per-token peer."),
     json_out: Path | None = typer.Option(None, "--json", help="Write results as JSON here."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Tokens/s of the Titans memory layer: neat_edge vs titans-pytorch (inference and training)."""
+    if dim % heads:
+        raise NeatError(f"--dim {dim} must be a multiple of --heads {heads}")
     with console.status("benchmarking memory layers...") as status:
         results = bench_memory(dim, heads, chunk, tokens, depth, expansion, batch, runs, warmup, peer_runs,
                                progress=lambda what: status.update(f"benchmarking {what}..."))

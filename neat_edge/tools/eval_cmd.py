@@ -48,7 +48,7 @@ def eval_command(
         raise NeatError(f"no files in the '{split}' split of the paths given")
     docs = read_documents(files, max_bytes, min_doc_bytes)
     session = open_eval_session(model, backend)
-    total = sum(len(d) for _, d in docs)
+    total = sum(d.size for d in docs)
     columns = [TextColumn(f"[bold]eval ({memory})"), BarColumn(), DownloadColumn(binary_units=True),
                TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as progress:

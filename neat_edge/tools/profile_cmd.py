@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from neat_edge.fileio import atomic_write_json
-from neat_edge.tools.common import console
+from neat_edge.tools.common import check_torch_device, console
 
 
 def profile_command(
@@ -22,19 +22,17 @@ def profile_command(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Time (ms per segment, share of the step) and peak memory of each component."""
-    import torch
-
-    from neat_edge.errors import NeatError
     from neat_edge.export.verify import read_corpus
     from neat_edge.model.checkpoint import load
     from neat_edge.model.entropy import load_patching
     from neat_edge.profiling import profile_step
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NeatError("--device cuda asked for, but no CUDA device is available")
+    check_torch_device(device)
     path = Path(model)
     if (path / "neat.json").is_file():  # a bundle: profile the PyTorch checkpoint it was exported from
-        path = path / "checkpoint"
+        from neat_edge.bundle import open_bundle
+
+        path = open_bundle(path).checkpoint_dir  # checked like every file a bundle hands out
         model = str(path)
     net = load(model)
     patching = load_patching(path) if net.cfg.patching == "entropy" else None

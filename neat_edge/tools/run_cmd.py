@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -9,20 +11,35 @@ from pathlib import Path
 import typer
 
 from neat_edge.errors import NeatError
+from neat_edge.fileio import READ_CHUNK, iter_file_chunks
 from neat_edge.tools.common import console
 
 
-def read_prompt(prompt: str | None, prompt_file: Path | None) -> bytes:
+def prompt_chunks(prompt: str | None, prompt_file: Path | None):
+    """The prompt as an iterator of byte chunks: a file (or stdin, '-') is streamed in bounded memory,
+    never read whole, so a prompt of any size can be consumed."""
     if prompt is not None and prompt_file is not None:
         raise NeatError("give either PROMPT or --prompt-file, not both")
     if prompt_file is not None:
         if str(prompt_file) == "-":
-            return sys.stdin.buffer.read()
+            return iter_file_chunks(sys.stdin.buffer)
         if not prompt_file.is_file():
             raise NeatError(f"prompt file not found: {prompt_file}")
-        return prompt_file.read_bytes()
+        return iter_file_chunks(prompt_file)
     # os.fsencode undoes the surrogate escapes Python uses for non-UTF-8 argv bytes.
-    return os.fsencode(prompt) if prompt is not None else b""
+    return iter([os.fsencode(prompt) if prompt is not None else b""])
+
+
+def take_head(chunks, n: int) -> tuple[bytes, list[bytes]]:
+    """(the first n bytes or fewer, every chunk read for them) from a chunk iterator."""
+    read, size = [], 0
+    while size < max(n, 1):
+        block = next(chunks, None)
+        if block is None:
+            break
+        read.append(block)
+        size += len(block)
+    return b"".join(read)[:n], read
 
 
 def run_command(
@@ -51,18 +68,21 @@ def run_command(
     from neat_edge.runtimes.dispatch import parse_strategy
 
     parse_strategy(dispatch)  # a bad --dispatch fails before any work
-    data = read_prompt(prompt, prompt_file)
+    chunks = prompt_chunks(prompt, prompt_file)
     session = open_session(bundle, backend=backend)
     if state is not None and state.exists():
         session.load_state(state)
     start = time.perf_counter()
-    chosen = session.dispatch(data, dispatch, max_bytes=dispatch_bytes)  # pass 1 (memory untouched)
+    head, read = take_head(chunks, dispatch_bytes)
+    chosen = session.dispatch(head, dispatch, max_bytes=dispatch_bytes)  # pass 1 (memory untouched)
     if verbose:
         console.print(chosen.describe(), markup=False)
-    if len(data) > session.config.segment_len * 64:
-        with console.status(f"reading a {len(data) / 1e6:.1f} MB prompt..."):
-            session.score(data)
-        data = b""
+    big = prompt_file is not None and str(prompt_file) != "-" and prompt_file.stat().st_size > READ_CHUNK
+    with console.status(f"reading a {prompt_file.stat().st_size / 1e6:.1f} MB prompt...") if big \
+            else contextlib.nullcontext():
+        for block in itertools.chain(read, chunks):  # the prompt streams through; scores are not kept
+            session.score(block)
+    data = b""  # consumed: generation continues the stream
     images = []
     if images_dir is None:
         out = session.generate(data, max_bytes, temperature=temperature, seed=seed)  # pass 2 with the adapted z

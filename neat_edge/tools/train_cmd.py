@@ -10,7 +10,7 @@ import typer
 
 from neat_edge.config import NeatConfig, preset
 from neat_edge.errors import NeatError
-from neat_edge.tools.common import console
+from neat_edge.tools.common import check_torch_device, console
 from neat_edge.training.train import PRECISIONS, TrainOptions, train
 
 
@@ -75,6 +75,7 @@ def train_command(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Train a model (AdamW, cosine schedule, clipping, chained segments, resumable) and save a checkpoint."""
+    check_torch_device(device)
     if expert is not None:  # a Transformer² expert instead (options left at default take the expert defaults)
         from neat_edge.tools.experts_cmd import train_expert_cli
 
@@ -87,10 +88,6 @@ def train_command(
     cfg = NeatConfig.load(config) if config else preset(preset_name or "tiny")
     if precision not in PRECISIONS:
         raise NeatError(f"unknown --precision '{precision}' (choose from {', '.join(PRECISIONS)})")
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NeatError("--device cuda asked for, but no CUDA device is available")
     if recall_fraction and (visual_task or entropy_model):
         raise NeatError("--recall-fraction applies to text training (not --visual-task or --entropy-model)")
     from neat_edge.training.recall_episodes import parse_distances
@@ -113,6 +110,8 @@ def train_command(
             raise NeatError(f"unknown --strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
         if "WORLD_SIZE" not in os.environ:  # the launcher: check what is cheap to check, then start the ranks
             collect_files(paths)
+            import torch
+
             if device.startswith("cuda") and torch.cuda.device_count() < nproc:
                 raise NeatError(f"--nproc {nproc} --device cuda needs {nproc} GPUs; {torch.cuda.device_count()} visible")
             code = launch(nproc, sys.argv[1:])

@@ -3,8 +3,9 @@
     trainer_state.safetensors   AdamW moments and step per parameter (by name), torch RNG states
     trainer_state.json          step, scheduler position, the data sampler's RNG, loss/eval history
 
-Tensors go through safetensors (never pickle); the rest is plain JSON. Both files are written
-atomically after the model weights, so a run killed mid-save resumes from the previous save.
+Tensors go through safetensors (never pickle); the rest is plain JSON. train.py writes both files and
+the model weights in one fileio.commit_together block, so a run killed mid-save resumes from the
+previous save (or, killed after the commit point, from the new one), never from a mix.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write, atomic_write_json
+from neat_edge.fileio import atomic_write, atomic_write_json, recover
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
 FORMAT = "neat-trainer-state/1"
@@ -54,6 +55,7 @@ def save_trainer_state(out_dir: str | Path, model, optimizer, scheduler, rng: np
 def load_trainer_state(path: str | Path, model, optimizer, scheduler, rng: np.random.Generator) -> dict:
     """Restore what save_trainer_state wrote into live objects; returns the saved progress dict."""
     path = Path(path)
+    recover(path)  # a save killed after its commit point is finished first (fileio.commit_together)
     if not has_trainer_state(path):
         raise NeatError(f"{path} holds no resumable trainer state ({STATE_TENSORS} + {STATE_JSON}); "
                         "it was not written by `neat train`, or by a version before resuming existed")

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write_json
+from neat_edge.fileio import atomic_write_json, commit_together
 from neat_edge.model.checkpoint import build, load_checkpoint, save_checkpoint
 from neat_edge.model.entropy import (
     EntropyConfig,
@@ -191,7 +191,8 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
     window = model.cfg.segment_len * opts.segments
     started_at, session_seconds, session_steps, step_times = run["step"], 0.0, 0, []
 
-    def save():  # rank 0 writes; under FSDP2 every rank first gathers the full weights and moments
+    def save():  # rank 0 writes (under FSDP2 every rank first gathers the full weights and moments); weights and
+        # trainer state land together: a run killed mid-save resumes from the last one
         if ranks.active:
             run["rank_rngs"] = ranks.rank_rngs(rng)
         if saver:
@@ -200,13 +201,15 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
             return
         if ranks.active:
             weights, moments = (saver.plain, saver.optimizer) if saver else (copy.deepcopy(model).cpu(), optim)
-            save_weights(weights, out_dir)
-            save_trainer_state(out_dir, saver.plain if saver else model, moments, sched, rng, run)
+            with commit_together(out_dir):  # weights and trainer state land together
+                save_weights(weights, out_dir)
+                save_trainer_state(out_dir, saver.plain if saver else model, moments, sched, rng, run)
             return
         model.cpu()
-        save_weights(model, out_dir)
+        with commit_together(out_dir):
+            save_weights(model, out_dir)
+            save_trainer_state(out_dir, model, optim, sched, rng, run)
         model.to(opts.device)
-        save_trainer_state(out_dir, model, optim, sched, rng, run)
 
     def bpb_now(autocast):  # every rank evaluates (the same bytes): FSDP2 gathers the weights for it
         with ranks.gathered(batch_loss):

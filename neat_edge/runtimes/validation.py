@@ -1,0 +1,137 @@
+"""What a Session accepts from its caller, checked at the door: every public method calls one of these
+first, so a bad argument (a str prompt, a negative or NaN temperature, a huge max_new_bytes, a token out
+of the vocabulary, a state of the wrong shape) is one NeatError naming it, never a TypeError or an
+ONNX Runtime exception from deep inside a step. The step's outputs are checked too: a graph that
+produced NaN (or a state that ran to infinity) stops the stream with an error instead of sampling from
+or saving garbage.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+import numpy as np
+
+from neat_edge.config import IMAGE_BASE
+from neat_edge.errors import NeatError
+from neat_edge.spec import STATE_OUT
+
+MAX_NEW_BYTES = 1 << 24  # one generate() call: 16 MiB of bytes, each a graph step (hours on a CPU)
+MAX_IMAGES = 1 << 16
+BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _int(value, name: str, low: int = 0, high: int | None = None) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise NeatError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        raise NeatError(f"{name} must be {f'in {low}..{high}' if high is not None else f'>= {low}'}, got {value}")
+    return int(value)
+
+
+def check_bytes(data, what: str = "score") -> None:
+    """`data` is bytes-like (bytes, bytearray, memoryview, a uint8 array): what the stream is made of."""
+    if isinstance(data, BYTES_LIKE) or (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1):
+        return
+    hint = ": encode it first (e.g. text.encode())" if isinstance(data, str) else ""
+    raise NeatError(f"{what} takes bytes, got {type(data).__name__}{hint}")
+
+
+def check_tokens(data, config, what: str = "the stream") -> None:
+    """Bytes, or an integer token array whose values the model knows (bytes, specials, image codes)."""
+    if isinstance(data, BYTES_LIKE):
+        return
+    if isinstance(data, str) or not isinstance(data, (np.ndarray, list, tuple)):
+        check_bytes(data, what)
+    a = np.asarray(data)
+    if a.size == 0:
+        return
+    if a.dtype.kind not in "iu":
+        raise NeatError(f"{what} takes bytes or an integer token array, got {a.dtype} values")
+    top = IMAGE_BASE + config.image_codebook_size
+    if a.min() < 0 or a.max() >= top:
+        raise NeatError(f"{what} holds token {int(a.min() if a.min() < 0 else a.max())}: tokens are 0..{top - 1}")
+
+
+def check_generate(prompt, max_new_bytes, temperature, seed, allow_images, max_images, config) -> None:
+    if not isinstance(allow_images, bool):
+        raise NeatError(f"allow_images must be true or false, got {type(allow_images).__name__}")
+    if allow_images:
+        check_tokens(prompt, config, "generate")
+    else:
+        check_bytes(prompt, "generate")
+    _int(max_new_bytes, "max_new_bytes", 0, MAX_NEW_BYTES)
+    if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool) or \
+            not math.isfinite(float(temperature)) or temperature < 0:
+        raise NeatError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if seed is not None:
+        _int(seed, "seed")
+    _int(max_images, "max_images", 0, MAX_IMAGES)
+
+
+def check_dispatch(prompt, strategy, options: dict) -> None:
+    check_bytes(prompt, "dispatch")
+    if not isinstance(strategy, str):
+        raise NeatError(f"the dispatch strategy must be a string, got {type(strategy).__name__}")
+    unknown = sorted(set(options) - {"max_bytes", "seed"})
+    if unknown:
+        raise NeatError(f"dispatch has no option '{unknown[0]}' (max_bytes, seed)")
+    for key in options:
+        _int(options[key], key)
+
+
+def check_path(path, what: str) -> None:
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise NeatError(f"{what} must be a file path, got {type(path).__name__} {str(path)[:60]!r}")
+
+
+def _check_arrays(given: dict, expected: dict, what: str) -> None:
+    if not isinstance(given, dict) or set(given) != set(expected):
+        raise NeatError(f"{what} must hold exactly the session's tensors ({', '.join(sorted(expected)) or 'none'})")
+    for name, ref in expected.items():
+        a = given[name]
+        if not isinstance(a, np.ndarray) or a.shape != ref.shape or a.dtype != ref.dtype:
+            raise NeatError(f"{what}: '{name}' must be a {ref.dtype} array of shape {list(ref.shape)}")
+
+
+def check_segment(session, segment, state, patch_state, svf_z) -> None:
+    """One step's inputs: a non-empty segment of at most segment_len tokens, and (when given) state,
+    patcher state and z shaped like the session's own."""
+    check_tokens(segment, session.config, "run_segment")
+    n = len(segment) if isinstance(segment, BYTES_LIKE) else np.asarray(segment).size
+    if not 1 <= n <= session.config.segment_len:
+        raise NeatError(f"a segment holds 1..{session.config.segment_len} tokens, got {n}")
+    if state is not None:
+        _check_arrays(state, session.state, "state")
+    if patch_state is not None:
+        _check_arrays(patch_state, session.patch_state, "patch_state")
+    z = session.svf_z if svf_z is None else svf_z
+    rank = next(t.shape[0] for t in session.backend.spec.inputs if t.name == "svf_z")
+    if not isinstance(z, np.ndarray) or z.shape != (rank,) or z.dtype != np.float32 or not np.isfinite(z).all():
+        raise NeatError(f"svf_z must be {rank} finite float32 values")
+
+
+def check_snapshot(session, snap) -> None:
+    if not isinstance(snap, dict) or not {"state", "patch_state", "pending", "position", "patches"} <= set(snap):
+        raise NeatError("restore takes a snapshot() of a session")
+    _check_arrays(snap["state"], session.state, "snapshot state")
+    _check_arrays(snap["patch_state"], session.patch_state, "snapshot patch_state")
+    check_tokens(snap["pending"], session.config, "snapshot pending")
+    _int(snap["position"], "snapshot position")
+    if not isinstance(snap["patches"], tuple) or len(snap["patches"]) != 2:
+        raise NeatError("snapshot patches must be (committed, pending)")
+    for n in snap["patches"]:
+        _int(n, "snapshot patches")
+
+
+def check_outputs(out: dict) -> None:
+    """After a step: no NaN anywhere, no +inf, and a finite next state (log-probs may hold -inf, p = 0)."""
+    for name, a in out.items():
+        if a.dtype.kind != "f":
+            continue
+        bad = not np.isfinite(a).all() if name.startswith(STATE_OUT) else (np.isnan(a).any() or np.isposinf(a).any())
+        if bad:
+            raise NeatError(f"the graph produced non-finite values in '{name}': the stream stops here "
+                            "(its state, z or weights are out of range)")
