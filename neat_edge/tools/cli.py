@@ -39,3 +39,7 @@ app.command("mvot-eval")(mvot_eval_command)
 
 def main() -> None:
     run_app(app)
+
+
+if __name__ == "__main__":  # torchrun -m neat_edge.tools.cli train ... (what `neat train --nproc N` runs)
+    main()

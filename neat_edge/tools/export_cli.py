@@ -12,7 +12,8 @@ from neat_edge.tools.common import console, run_app
 
 def export_command(
     out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
-    target: str = typer.Option("onnx", "--target", help="onnx, coreml, tensorrt, or all (every target buildable here)."),
+    target: str = typer.Option("onnx", "--target", help="onnx, coreml, tensorrt, all (every target buildable "
+                               "here), or triton (a Triton Inference Server repository for a bundle)."),
     precision: str | None = typer.Option(
         None, "--precision", help="fp32 | fp16 | int8 (onnx, tensorrt; calibrated) | coreml weight compression int8, "
                                   "palette4/6/8; default: onnx fp32, coreml and tensorrt fp16."),
@@ -31,6 +32,12 @@ def export_command(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the parity check after export."),
     decode: bool = typer.Option(True, "--decode/--no-decode",
                                 help="Write the incremental-decoding graphs (--no-decode: a bundle for scoring only)."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="triton: the bundle to serve (default: export the "
+                                       "model to an ONNX bundle first, beside --out as OUT.bundle)."),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="triton: max_batch_size (streams per execution)."),
+    instances: int = typer.Option(2, "--instances", min=1, help="triton: model instances per GPU (instance_group)."),
+    idle_seconds: float = typer.Option(600.0, "--idle-seconds", min=1.0,
+                                       help="triton: max_sequence_idle_microseconds, in seconds."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Export a model (default: the bundled trained tiny checkpoint) to a verified bundle."""
@@ -39,6 +46,28 @@ def export_command(
 
     if checkpoint and preset_name:
         raise NeatError("give either --checkpoint or --preset, not both")
+    if target == "triton":  # a Triton model repository for a bundle (export/triton.py)
+        from neat_edge.export.triton import write_repository
+
+        if bundle is None:
+            bundle = out.with_name(out.name + ".bundle")
+            source = str(checkpoint) if checkpoint else (preset_name or "default")
+            model = load(source)
+            console.print(f"exporting [bold]{source}[/bold] -> {bundle} (the bundle the repository serves)")
+            export_bundle(model, bundle, ("onnx",), verify=verify, corpus=corpus, segments=segments,
+                          tolerance=tolerance, log=console.print, patching=patching_for(source, model))
+        elif not (bundle / "neat.json").is_file():
+            raise NeatError(f"--bundle {bundle}: not a bundle (no neat.json)")
+        manifest = write_repository(bundle, out, max_batch=max_batch, instances=instances, idle_seconds=idle_seconds)
+        sizing = manifest["sizing"]
+        console.print(f"[green]Triton repository written:[/green] {out}  models: "
+                      + ", ".join(m["name"] for m in manifest["models"])
+                      + f"  state {sizing['state_bytes_per_stream'] / 2**20:.2f} MiB per stream"
+                      + ("  configs parsed with Triton's model-config protobuf" if "checked" in manifest else
+                         "  (configs not parsed: pip install -e \".[triton]\")"))
+        for name, why in manifest["skipped"].items():
+            console.print(f"not written: {name}: {why}")
+        return
     targets, not_built = select_targets(target, precision)
     if not targets:
         raise NeatError(f"no target can be built here in {precision}: "

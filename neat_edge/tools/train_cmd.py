@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -66,6 +68,10 @@ def train_command(
     visual_maps: int = typer.Option(2000, "--visual-maps", min=1, help="Training maps of the visual task."),
     eval_episodes: int = typer.Option(24, "--eval-episodes", min=0,
                                       help="Held-out visual episodes measured at the end (0: none)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train as N ranks on this host (torchrun): one GPU each "
+                              "with --device cuda, else gloo on the CPU; --batch-size is per rank."),
+    strategy: str = typer.Option("auto", "--strategy", help="With several ranks: ddp (replicate), fsdp (FSDP2 "
+                                 "fully_shard) or auto (fsdp for the base preset, else ddp)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Train a model (AdamW, cosine schedule, clipping, chained segments, resumable) and save a checkpoint."""
@@ -92,6 +98,28 @@ def train_command(
                         eval_every=eval_every, eval_bytes=eval_bytes, save_every=save_every, max_minutes=max_minutes,
                         entropy_checkpoint=str(entropy_checkpoint) if entropy_checkpoint else None)
     paths = [*data, *(more_data or [])]
+    ranks = None
+    if nproc > 1 or "WORLD_SIZE" in os.environ:  # several ranks (training/distributed.py)
+        from neat_edge.training.data import collect_files
+        from neat_edge.training.distributed import STRATEGIES, Ranks, launch
+
+        if visual_task or entropy_model:
+            raise NeatError("several ranks (--nproc / torchrun) train the byte model on text only "
+                            "(not --visual-task or --entropy-model)")
+        if strategy not in STRATEGIES:
+            raise NeatError(f"unknown --strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
+        if "WORLD_SIZE" not in os.environ:  # the launcher: check what is cheap to check, then start the ranks
+            collect_files(paths)
+            import torch
+
+            if device.startswith("cuda") and torch.cuda.device_count() < nproc:
+                raise NeatError(f"--nproc {nproc} --device cuda needs {nproc} GPUs; {torch.cuda.device_count()} visible")
+            code = launch(nproc, sys.argv[1:])
+            if code:
+                raise NeatError(f"{nproc}-rank training failed (exit status {code}); the ranks' output is above")
+            return
+        ranks = Ranks.from_env(device, strategy, preset_name or "")
+        opts.device = ranks.device(device)
     if visual_task:
         from neat_edge.training.mvot import VisualOptions, train_visual
 
@@ -108,7 +136,12 @@ def train_command(
 
         result = train_entropy(EntropyConfig(segment_len=cfg.segment_len), paths, out, opts, resume=resume)
     else:
-        result = train(cfg if config or base is None else None, paths, out, opts, resume=resume, base=base)
+        result = train(cfg if config or base is None else None, paths, out, opts, resume=resume, base=base,
+                       ranks=ranks, show_progress=ranks is None or ranks.is_main)
+        if ranks is not None:
+            ranks.close()
+            if not ranks.is_main:
+                return
     stopped = f"  stopped at step {result['steps_done']} (--resume goes on)" if result["stopped_early"] else ""
     console.print(f"[green]saved[/green] {out}  params={result['parameters']:,}  "
                   f"held-out bits/byte={result['heldout_bits_per_byte']:.4f}  "

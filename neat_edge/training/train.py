@@ -7,6 +7,7 @@ optional gradient checkpointing per segment, periodic held-out bits-per-byte, an
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import sys
@@ -33,6 +34,7 @@ from neat_edge.model.entropy import (
 )
 from neat_edge.model.neat import NeatModel, count_parameters
 from neat_edge.training.data import ByteCorpus
+from neat_edge.training.distributed import Ranks, ShardedSaver, WindowLoss, full_grad_norm
 from neat_edge.training.patches import WindowPatches
 from neat_edge.training.recall_episodes import RecallEpisodes, RecallMix
 from neat_edge.training.resume import has_trainer_state, load_trainer_state, save_trainer_state
@@ -144,18 +146,26 @@ def _progress_columns(label: str):
 
 def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save_weights, resume: bool = False,
         show_progress: bool = True, label: str = "train", patches: WindowPatches | None = None,
-        loss_fn=None) -> dict:
+        loss_fn=None, ranks: Ranks | None = None) -> dict:
     """The training loop shared by every byte model. `save_weights(model, out_dir)` writes the
     weights; the trainer state goes next to them at every save, so `resume=True` continues a run
     (same batches, same schedule, same result as never stopping). Returns the run's measurements.
     loss_fn (default chained_nll, same signature) is the summed loss of a batch of windows: MVoT's
-    L_CE + λ·L_D over mixed text/image windows is one (training/mvot.py)."""
-    loss_fn = loss_fn or chained_nll
+    L_CE + λ·L_D over mixed text/image windows is one (training/mvot.py). `ranks` (training/distributed.py)
+    makes this process one rank of a torchrun job: its own windows, gradients averaged over the ranks (DDP or
+    FSDP2), rank 0 writing; None is one plain process."""
+    loss_fn, ranks = loss_fn or chained_nll, ranks or Ranks()
     torch.manual_seed(opts.seed)
-    rng = np.random.default_rng(opts.seed)
+    rng = ranks.sampler_rng(opts.seed)
     model.to(opts.device).train()
     amp = opts.autocast_dtype()
-    optim = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.95))
+
+    def make_optimizer(m):
+        return torch.optim.AdamW(_param_groups(m, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.95))
+
+    saver = ShardedSaver(copy.deepcopy(model).cpu(), make_optimizer) if ranks.sharded else None
+    batch_loss = ranks.wrap(WindowLoss(model, loss_fn, _fresh_state, opts.tbptt, patches, opts.grad_checkpointing))
+    optim = make_optimizer(model)
 
     def lr_factor(step):  # linear warmup, then cosine down to min_lr_ratio
         if step < opts.warmup:
@@ -168,30 +178,53 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
     run = {"step": 0, "loss_history": [], "eval_curve": [], "skipped_nonfinite_steps": 0, "train_seconds": 0.0,
            "recall_mix": mix}
     if resume:
-        saved = load_trainer_state(out_dir, model, optim, sched, rng)
+        saved = load_trainer_state(out_dir, saver.plain if saver else model, saver.optimizer if saver else optim,
+                                   sched, rng)
+        if saver:
+            saver.load_into(batch_loss, optim)
+        if ranks.rank:  # rank r's own stream (the state loaded into rng above is rank 0's)
+            rng = ranks.sampler_rng(opts.seed, saved["step"], saved.get("rank_rngs"))
         if saved.get("recall_mix") != mix:  # else the batches after resuming would not be the run's
             raise NeatError(f"--resume: the run was started with recall episodes {saved.get('recall_mix')}, "
                             f"not {mix}: give the same --recall-fraction / --recall-distances")
         run.update(saved)
     window = model.cfg.segment_len * opts.segments
-    started_at, session_seconds, session_steps = run["step"], 0.0, 0
+    started_at, session_seconds, session_steps, step_times = run["step"], 0.0, 0, []
 
-    def save():  # weights and trainer state land together: a run killed mid-save resumes from the last one
+    def save():  # rank 0 writes (under FSDP2 every rank first gathers the full weights and moments); weights and
+        # trainer state land together: a run killed mid-save resumes from the last one
+        if ranks.active:
+            run["rank_rngs"] = ranks.rank_rngs(rng)
+        if saver:
+            saver.gather(batch_loss, optim, ranks.is_main)
+        if not ranks.is_main:
+            return
+        if ranks.active:
+            weights, moments = (saver.plain, saver.optimizer) if saver else (copy.deepcopy(model).cpu(), optim)
+            with commit_together(out_dir):  # weights and trainer state land together
+                save_weights(weights, out_dir)
+                save_trainer_state(out_dir, saver.plain if saver else model, moments, sched, rng, run)
+            return
         model.cpu()
         with commit_together(out_dir):
             save_weights(model, out_dir)
             save_trainer_state(out_dir, model, optim, sched, rng, run)
         model.to(opts.device)
 
+    def bpb_now(autocast):  # every rank evaluates (the same bytes): FSDP2 gathers the weights for it
+        with ranks.gathered(batch_loss):
+            return evaluate_bpb(model, corpus.heldout_stream.array(opts.eval_bytes), device=opts.device,
+                                patches=patches, autocast=autocast)
+
     def held_out_bpb():
         model.eval()
-        bpb = evaluate_bpb(model, corpus.heldout_stream.array(opts.eval_bytes), device=opts.device,
-                           patches=patches, autocast=amp)
+        bpb = bpb_now(amp)
         model.train()
         run["eval_curve"].append([run["step"], round(bpb, 5)])
         return bpb
 
     last_eval = run["eval_curve"][-1][1] if run["eval_curve"] else float("nan")
+    show_progress = show_progress and ranks.is_main
     with Progress(*_progress_columns(label), disable=not show_progress, transient=False) as progress:
         task = progress.add_task(label, total=opts.steps, completed=run["step"], loss=float("nan"),
                                  bpb=float("nan"), eval=last_eval)
@@ -199,15 +232,15 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
             tick = time.perf_counter()
             x = torch.from_numpy(corpus.sample(rng, opts.batch_size, window)).to(opts.device)
             with _autocast(opts.device, amp):
-                nll, _ = loss_fn(model, x, _fresh_state(model, opts.batch_size), opts.tbptt, patches,
-                                 opts.grad_checkpointing)
+                nll = batch_loss(x)
             loss = nll / x.numel()
             optim.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
-            if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            loss.backward()  # (ranks: the gradients averaged over every rank's windows)
+            grad_norm = full_grad_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip))
+            mean_loss = ranks.mean(loss)  # the same on every rank, so every rank skips or steps alike
+            if math.isfinite(mean_loss) and torch.isfinite(grad_norm):
                 optim.step()
-                run["loss_history"].append(round(loss.item(), 5))
+                run["loss_history"].append(round(mean_loss, 5))
             else:
                 run["skipped_nonfinite_steps"] += 1  # a non-finite batch must never reach the weights
             sched.step()
@@ -215,6 +248,7 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
                 torch.cuda.synchronize()
             spent = time.perf_counter() - tick
             session_seconds, session_steps = session_seconds + spent, session_steps + 1
+            step_times.append(spent)
             run["step"] += 1
             run["train_seconds"] = round(run["train_seconds"] + spent, 3)
             recent = float(np.mean(run["loss_history"][-20:])) if run["loss_history"] else float("nan")
@@ -223,15 +257,15 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
             if opts.save_every and run["step"] % opts.save_every == 0 and run["step"] < opts.steps:
                 save()
             progress.update(task, advance=1, loss=recent, bpb=recent / LN2, eval=last_eval)
-            if opts.max_minutes and session_seconds > opts.max_minutes * 60:
+            if opts.max_minutes and ranks.any(session_seconds > opts.max_minutes * 60):  # same step count everywhere
                 break
     stopped_early = run["step"] < opts.steps
     model.eval()
-    final_bpb = evaluate_bpb(model, corpus.heldout_stream.array(opts.eval_bytes), device=opts.device, patches=patches)
+    final_bpb = bpb_now(None)
     save()
     model.cpu()
     history = run["loss_history"]
-    return {
+    result = {
         "command": " ".join(["neat", *sys.argv[1:]]),
         "config": model.cfg.to_dict(),
         "parameters": count_parameters(model),
@@ -248,9 +282,15 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
         "heldout_bits_per_byte": final_bpb,
         "eval_curve": run["eval_curve"],
         "train_seconds": round(run["train_seconds"], 1),
-        "bytes_per_second": round(session_steps * opts.batch_size * window / max(session_seconds, 1e-9), 1),
+        "bytes_per_second": round(ranks.world * session_steps * opts.batch_size * window / max(session_seconds, 1e-9), 1),
         "loss_curve": history[:: max(1, len(history) // 100)],
     }
+    if len(step_times) > 6:  # past the first steps' allocations and autotuning
+        result["bytes_per_second_steady"] = round(
+            ranks.world * (len(step_times) - 3) * opts.batch_size * window / sum(step_times[3:]), 1)
+    if ranks.active:  # --batch-size is per rank; bytes_per_second counts every rank's windows
+        result["ranks"] = {"world_size": ranks.world, "strategy": ranks.strategy}
+    return result
 
 
 def _check_resume(out_dir, resume: bool) -> bool:
@@ -283,9 +323,11 @@ def fine_tune_start(base: str | Path, cfg: NeatConfig | None = None) -> NeatMode
 
 
 def train(cfg: NeatConfig | None, data_paths, out_dir, opts: TrainOptions, show_progress: bool = True,
-          resume: bool = False, base: str | Path | None = None) -> dict:
+          resume: bool = False, base: str | Path | None = None, ranks: Ranks | None = None) -> dict:
     """Train a NeatModel from its seeded init, or from the checkpoint `base` (fine_tune_start), or
-    resume the run in out_dir, and write a checkpoint directory with train_log.json and the trainer state."""
+    resume the run in out_dir, and write a checkpoint directory with train_log.json and the trainer state.
+    `ranks`: this process is one rank of a torchrun job (training/distributed.py); rank 0 writes."""
+    ranks = ranks or Ranks()
     corpus = ByteCorpus.from_paths(data_paths)
     if _check_resume(out_dir, resume):
         model = load_checkpoint(out_dir, svf=False)  # the run's own config wins over the one given
@@ -310,8 +352,10 @@ def train(cfg: NeatConfig | None, data_paths, out_dir, opts: TrainOptions, show_
         patcher = calibrate_patcher(entropy_model, corpus.train_stream.array(1 << 18).tobytes(),
                                     cfg.target_patch_len / 10, cfg.max_patch_len, cfg.segment_len)
         patches, patching = WindowPatches(cfg, entropy_model.to(opts.device), patcher), (entropy_model, patcher)
-    result = fit(model, corpus, opts, out_dir, save_checkpoint, resume, show_progress, patches=patches)
+    result = fit(model, corpus, opts, out_dir, save_checkpoint, resume, show_progress, patches=patches, ranks=ranks)
     out = Path(out_dir)
+    if not ranks.is_main:
+        return result
     if patching:
         save_patching(out, patching[0].cpu(), patching[1])
         result["patcher"] = {"threshold": patching[1].threshold, "max_patch_len": patching[1].max_patch_len}
