@@ -3,8 +3,17 @@
 #   std/       CPython's standard-library sources (this interpreter's; 3.11.7 for the shipped models)
 #   pydoc/     the Python 3.11 documentation's reST sources (Debian package python3.11-doc, PSF license)
 #   licenses/  the license texts Debian ships in /usr/share/common-licenses
-# Needs: python3, apt-get (to download, not install, one .deb) and dpkg-deb. Other versions of either
-# source give other bytes: the numbers in the README were measured on exactly the versions named above.
+#   general English (issue 23), each cut into ~64 KiB files at entry / paragraph boundaries
+#   (scripts/split_text.py) so that the one-file-in-twenty held-out split applies inside it:
+#   gcide/     GNU Collaborative International Dictionary of English (dict-gcide; GPL-2+, from Webster 1913)
+#   wordnet/   WordNet 3.0 in dictd form (dict-wn; WordNet 3.0 license, BSD-style)
+#   foldoc/    Free On-line Dictionary of Computing (dict-foldoc; GFDL 1.1+)
+#   jargon/    the Jargon File 4.4.7 (dict-jargon; public domain)
+#   devil/     Ambrose Bierce's The Devil's Dictionary (dict-devil; public domain)
+#   debref/    Debian Reference, plain-text edition (debian-reference-en; GPL-2+)
+# Needs: python3, apt-get (to download, not install, the .debs: ~30 MB more for the English sources) and
+# dpkg-deb. Other versions of any source give other bytes: the numbers in the README and docs/DATA.md were
+# measured on exactly the versions named there. ENGLISH=0 skips the general-English sources.
 set -euo pipefail
 DIR=${1:-data}
 mkdir -p "$DIR/std" "$DIR/licenses"
@@ -23,6 +32,22 @@ echo "pydoc    <- python3.11-doc (apt-get download)"
 (cd "$TMP" && apt-get download python3.11-doc >/dev/null)
 dpkg-deb -x "$TMP"/python3.11-doc_*.deb "$TMP/x"
 rm -rf "$DIR/pydoc"; cp -r "$TMP/x/usr/share/doc/python3.11/html/_sources" "$DIR/pydoc"
-for s in std pydoc licenses; do
+SETS="std pydoc licenses"
+if [ "${ENGLISH:-1}" != 0 ]; then
+  SPLIT="python3 $(dirname "$0")/split_text.py"
+  PKGS="dict-gcide dict-wn dict-foldoc dict-jargon dict-devil debian-reference-en"
+  echo "english  <- $PKGS (apt-get download)"
+  (cd "$TMP" && apt-get download $PKGS >/dev/null)
+  for p in $PKGS; do dpkg-deb -x "$TMP/${p}"_*.deb "$TMP/e"; done
+  D=$TMP/e/usr/share/dictd
+  for pair in gcide:gcide wn:wordnet foldoc:foldoc jargon:jargon devil:devil; do
+    src=${pair%%:*}; dst=${pair##*:}
+    rm -rf "${DIR:?}/$dst"; $SPLIT "$D/$src.dict.dz" "$DIR/$dst" "$src" --index "$D/$src.index"
+  done
+  rm -rf "$DIR/debref"
+  $SPLIT "$TMP/e/usr/share/debian-reference/debian-reference.en.txt.gz" "$DIR/debref" debref
+  SETS="$SETS gcide wordnet foldoc jargon devil debref"
+fi
+for s in $SETS; do
   printf '%-9s %6d files %12d bytes\n' "$s" "$(find "$DIR/$s" -type f | wc -l)" "$(find "$DIR/$s" -type f -printf '%s\n' | awk '{n+=$1} END {print n}')"
 done

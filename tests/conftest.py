@@ -78,3 +78,22 @@ def pytest_terminal_summary(terminalreporter):
         counts = ", ".join(f"{k} {v:,} ({fuzzing.OUTCOMES[k, 'refused']:,} refused, "
                            f"{fuzzing.OUTCOMES[k, 'accepted']:,} accepted)" for k, v in sorted(fuzzing.CASES.items()))
         terminalreporter.write_line(f"fuzz cases: {counts} (total {sum(fuzzing.CASES.values()):,})")
+
+
+def pytest_sessionfinish(session):
+    """An xdist worker sends its fuzz counts to the controller, which prints the summary."""
+    if hasattr(session.config, "workeroutput"):
+        from tests import fuzzing
+
+        session.config.workeroutput["fuzz_cases"] = dict(fuzzing.CASES)
+        session.config.workeroutput["fuzz_outcomes"] = [[k, o, n] for (k, o), n in fuzzing.OUTCOMES.items()]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    from tests import fuzzing
+
+    output = getattr(node, "workeroutput", {})
+    fuzzing.CASES.update(output.get("fuzz_cases", {}))
+    for category, outcome, n in output.get("fuzz_outcomes", []):
+        fuzzing.OUTCOMES[category, outcome] += n
