@@ -11,9 +11,10 @@ from neat_edge.export.pipeline import export_bundle
 from neat_edge.model.checkpoint import build
 from neat_edge.model.decode import IncrementalDecoder, chunk_span
 from neat_edge.model.entropy import EntropyConfig, build_entropy_model, default_patching
-from neat_edge.model.svf import convert_to_svf, svf_layers
+from neat_edge.model.svf import svf_layers
 from neat_edge.patching import segment_patches
 from neat_edge.runtimes import open_model_session, open_session
+from tests.test_variants import randomized  # random conv taps, a large memory step: a memory doing real work
 
 
 def micro(arch="mac", window=0, chunks=1, patching="fixed", pooling="mean", ngram=0) -> NeatConfig:
@@ -22,18 +23,6 @@ def micro(arch="mac", window=0, chunks=1, patching="fixed", pooling="mean", ngra
                       encoder_layers=1, decoder_layers=1, d_model=48, latent_heads=2, latent_layers=2,
                       memory_heads=2, memory_arch=arch, attn_window=window, memory_chunks=chunks, n_experts=2,
                       image_codebook_size=16, patch_pooling=pooling, ngram_buckets=ngram, svf_scope="all", **extra)
-
-
-def randomized(cfg: NeatConfig):
-    """A model whose memory does real work: random conv taps, a large memory step."""
-    model = build(cfg)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for layer in model.latent.layers:
-            layer.memory.conv_weight.add_(0.3 * torch.randn(layer.memory.conv_weight.shape, generator=gen))
-            layer.memory.gate_theta.bias.fill_(2.0)
-    convert_to_svf(model)
-    return model.eval()
 
 
 def decode_segments(model, data: torch.Tensor):

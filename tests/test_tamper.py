@@ -132,8 +132,13 @@ def test_manifest_config_must_match_the_checkpoint(work):
     manifest = manifest_of(work)
     manifest["config"]["segment_len"] = 64
     manifest.pop("fingerprint")
+    decode = manifest.pop("decode")  # its segment geometry would be refused first
     write_manifest(work, manifest)
     with pytest.raises(NeatError, match="differs from checkpoint/config.json"):
+        open_bundle(work)
+    manifest["decode"] = decode  # the decode section must agree with the manifest's config too
+    write_manifest(work, manifest)
+    with pytest.raises(NeatError, match="'decode.segment_len' is 128, the config's is 64"):
         open_bundle(work)
 
 
