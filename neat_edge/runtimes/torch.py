@@ -18,7 +18,7 @@ class _TorchGraph:
     spec: GraphSpec
     module: torch.nn.Module
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (a decode step is ~200 small ops)
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         device = next(self.module.parameters()).device  # the module's own device (cpu or cuda)
         args = [as_tensor(feeds[n], device) for n in self.spec.input_names]
