@@ -83,6 +83,23 @@ def check_manifest(manifest, path) -> NeatConfig:
     return config
 
 
+def check_tensor(w: Where, at: str, t, seen) -> str:
+    """A named tensor (a graph input / output, a decode cache): a new non-empty name, a known dtype, and a
+    shape of sizes in 0..2^31 or axis names. Returns its name."""
+    w.typed(t, dict, at)
+    name = w.typed(t.get("name"), str, f"{at}.name")
+    if not name or name in seen:
+        w.fail(f"{at}.name", f"{name!r} is empty or named twice")
+    if not isinstance(t.get("dtype"), str) or t["dtype"] not in DTYPES:
+        w.fail(f"{at}.dtype", f"{t.get('dtype')!r} is not one of {', '.join(sorted(DTYPES))}")
+    for d in w.typed(t.get("shape"), list, f"{at}.shape"):
+        if isinstance(d, str) and d:
+            continue
+        if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < MAX_DIM:
+            w.fail(f"{at}.shape", f"has dimension {str(d)[:40]!r}: a size in 0..2^31 or an axis name")
+    return name
+
+
 def check_graph_entry(w: Where, field: str, entry) -> dict:
     """A graph entry: its file and a well-formed spec (names, dtypes, shapes, state pairs)."""
     w.typed(entry, dict, field)
@@ -95,17 +112,7 @@ def check_graph_entry(w: Where, field: str, entry) -> dict:
             w.fail(f"{field}.{io}", "is empty")
         for i, t in enumerate(items):
             at = f"{field}.{io}[{i}]"
-            w.typed(t, dict, at)
-            name = w.typed(t.get("name"), str, f"{at}.name")
-            if not name or name in tensors:
-                w.fail(f"{at}.name", f"{name!r} is empty or named twice")
-            if not isinstance(t.get("dtype"), str) or t["dtype"] not in DTYPES:
-                w.fail(f"{at}.dtype", f"{t.get('dtype')!r} is not one of {', '.join(sorted(DTYPES))}")
-            for d in w.typed(t.get("shape"), list, f"{at}.shape"):
-                if isinstance(d, str) and d:
-                    continue
-                if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < MAX_DIM:
-                    w.fail(f"{at}.shape", f"has dimension {str(d)[:40]!r}: a size in 0..2^31 or an axis name")
+            name = check_tensor(w, at, t, tensors)
             tensors[name] = (io, t["dtype"], t["shape"])
     for i, pair in enumerate(w.typed(entry.get("state", []), list, f"{field}.state")):
         at = f"{field}.state[{i}]"
@@ -187,17 +194,7 @@ def check_decode(w: Where, decode, config: NeatConfig) -> None:
     names = set()
     for i, cache in enumerate(w.typed(decode.get("caches"), list, "decode.caches")):
         at = f"decode.caches[{i}]"
-        w.typed(cache, dict, at)
-        name = w.typed(cache.get("name"), str, f"{at}.name")
-        if not name or name in names:
-            w.fail(f"{at}.name", f"{name!r} is empty or named twice")
-        names.add(name)
-        if not isinstance(cache.get("dtype"), str) or cache["dtype"] not in DTYPES:
-            w.fail(f"{at}.dtype", f"{cache.get('dtype')!r} is not one of {', '.join(sorted(DTYPES))}")
-        shape = w.typed(cache.get("shape"), list, f"{at}.shape")
-        if not shape or any(not ((isinstance(d, str) and d) or (isinstance(d, int) and not isinstance(d, bool)
-                                                                and 0 <= d < MAX_DIM)) for d in shape):
-            w.fail(f"{at}.shape", "must list sizes in 0..2^31 or axis names")
+        names.add(check_tensor(w, at, cache, names))
         if not 0 <= w.typed(cache.get("max_length"), int, f"{at}.max_length") < MAX_DIM:
             w.fail(f"{at}.max_length", "must be in 0..2^31")
     for target, graphs in w.typed(decode.get("graphs"), dict, "decode.graphs").items():
