@@ -195,15 +195,19 @@ app.command()(bench_command)
 
 
 def main() -> None:
-    """`neat-bench BUNDLE ...` benchmarks a bundle; `neat-bench memory ...` the Titans memory layer."""
+    """`neat-bench BUNDLE ...` benchmarks a bundle; `neat-bench memory ...` the Titans memory layer;
+    `neat-bench train ...` the training step against a same-size transformer (tools/bench_train.py)."""
     import sys
 
-    if len(sys.argv) > 1 and sys.argv[1] == "memory":
-        from neat_edge.tools.bench_memory import memory_command
+    if len(sys.argv) > 1 and sys.argv[1] in ("memory", "train"):
+        if sys.argv[1] == "memory":
+            from neat_edge.tools.bench_memory import memory_command as command
+        else:
+            from neat_edge.tools.bench_train import train_bench_command as command
 
-        memory_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-        memory_app.command()(memory_command)
-        sys.argv = [f"{sys.argv[0]} memory", *sys.argv[2:]]
-        run_app(memory_app)
+        sub_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        sub_app.command()(command)
+        sys.argv = [f"{sys.argv[0]} {sys.argv[1]}", *sys.argv[2:]]
+        run_app(sub_app)
     else:
         run_app(app)

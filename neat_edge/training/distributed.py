@@ -42,8 +42,12 @@ class WindowLoss(nn.Module):
         self.model = model
         self._loss_fn, self._fresh_state, self._args = loss_fn, fresh_state, (tbptt, patches, grad_checkpointing)
 
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        nll, _ = self._loss_fn(self.model, windows, self._fresh_state(self.model, windows.shape[0]), *self._args)
+    def forward(self, windows: torch.Tensor, plan: list | None = None) -> torch.Tensor:
+        """plan: the windows' per-segment (patch_ids, patch_mask), computed outside a compiled graph
+        (training/step.py); None lets the loss compute it from the WindowPatches given at construction."""
+        tbptt, patches, grad_checkpointing = self._args
+        nll, _ = self._loss_fn(self.model, windows, self._fresh_state(self.model, windows.shape[0]), tbptt,
+                               patches if plan is None else plan, grad_checkpointing)
         return nll
 
 

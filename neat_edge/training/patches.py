@@ -18,15 +18,19 @@ class WindowPatches:
         if cfg.patching == "entropy" and (entropy_model is None or patcher is None):
             raise ValueError("entropy patching needs an entropy model and a patcher")
         self.cfg, self.entropy_model, self.patcher = cfg, entropy_model, patcher
+        self._fixed: dict = {}  # (batch, device) -> the fixed plan's tensors, made once (every step reads them)
 
     def __call__(self, windows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """windows [B, n*S] -> per segment (patch_ids [B,S] int64, patch_mask [B,P] float32)."""
         seg, batch, device = self.cfg.segment_len, windows.shape[0], windows.device
         n_seg = windows.shape[1] // seg
         if self.cfg.patching == "fixed":
-            ids, mask = segment_patches(seg, self.cfg.patch_size)
-            pair = (torch.from_numpy(ids).to(device).expand(batch, -1), torch.from_numpy(mask).to(device).expand(batch, -1))
-            return [pair] * n_seg
+            key = (batch, str(device))
+            if key not in self._fixed:
+                ids, mask = segment_patches(seg, self.cfg.patch_size)
+                self._fixed[key] = (torch.from_numpy(ids).to(device).expand(batch, -1),
+                                    torch.from_numpy(mask).to(device).expand(batch, -1))
+            return [self._fixed[key]] * n_seg
         entropy = self._entropies(windows)  # [B, n*S] numpy
         out, prev = [], [None] * batch
         for i in range(n_seg):

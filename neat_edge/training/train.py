@@ -34,10 +34,11 @@ from neat_edge.model.entropy import (
 )
 from neat_edge.model.neat import NeatModel, count_parameters
 from neat_edge.training.data import ByteCorpus
-from neat_edge.training.distributed import Ranks, ShardedSaver, WindowLoss, full_grad_norm
+from neat_edge.training.distributed import Ranks, ShardedSaver, WindowLoss
 from neat_edge.training.patches import WindowPatches
 from neat_edge.training.recall_episodes import RecallEpisodes, RecallMix
 from neat_edge.training.resume import has_trainer_state, load_trainer_state, save_trainer_state
+from neat_edge.training.step import TrainStep, make_adamw, resolve_mode, sample_batch
 
 LN2 = math.log(2.0)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -61,6 +62,7 @@ class TrainOptions:
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     grad_checkpointing: bool = False  # recompute each segment's activations in backward
     max_minutes: float = 0.0  # stop (resumable) after this much training time; 0 = no limit
+    step_mode: str = "auto"  # training/step.py: auto (compile on CUDA, eager on the CPU), eager, compile, graphs
     recall_fraction: float = 0.0  # share of windows carrying recall episodes (training/recall_episodes.py)
     recall_distances: tuple[int, int] = (200, 4000)  # bytes from a first occurrence's end to its repeat
     device: str = "cpu"
@@ -80,14 +82,15 @@ def _autocast(device: str, dtype: torch.dtype | None):
 
 
 def chained_segments(model, windows: torch.Tensor, state, tbptt: int | None = None,
-                     patches: WindowPatches | None = None, grad_checkpointing: bool = False):
+                     patches: WindowPatches | list | None = None, grad_checkpointing: bool = False):
     """Yield (segment, outputs, state) for windows [B, n*S] run segment by segment with the state carried:
     detached every `tbptt` segments (truncated backprop), each segment recomputed in backward with
-    gradient checkpointing. Works for NeatModel (fixed or entropy patches) and EntropyModel alike."""
+    gradient checkpointing. Works for NeatModel (fixed or entropy patches) and EntropyModel alike.
+    `patches` is a WindowPatches, or the plan it made for these windows (a list of (patch_ids, patch_mask))."""
     seg = model.cfg.segment_len
     is_neat = isinstance(model, NeatModel)
     if is_neat:
-        plan = (patches or WindowPatches(model.cfg))(windows)
+        plan = patches if isinstance(patches, list) else (patches or WindowPatches(model.cfg))(windows)
         z = model.default_svf_z()
     recompute = grad_checkpointing and torch.is_grad_enabled()
     for i in range(windows.shape[1] // seg):
@@ -99,7 +102,7 @@ def chained_segments(model, windows: torch.Tensor, state, tbptt: int | None = No
         yield x, out, state
 
 
-def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None, patches: WindowPatches | None = None,
+def chained_nll(model, windows: torch.Tensor, state, tbptt: int | None = None, patches: WindowPatches | list | None = None,
                 grad_checkpointing: bool = False):
     """Sum of -log p over windows [B, n*S] scored segment by segment with the state carried."""
     total, last = windows.new_zeros((), dtype=torch.float32), state
@@ -160,12 +163,7 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
     model.to(opts.device).train()
     amp = opts.autocast_dtype()
 
-    def make_optimizer(m):
-        return torch.optim.AdamW(_param_groups(m, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.95))
-
-    saver = ShardedSaver(copy.deepcopy(model).cpu(), make_optimizer) if ranks.sharded else None
-    batch_loss = ranks.wrap(WindowLoss(model, loss_fn, _fresh_state, opts.tbptt, patches, opts.grad_checkpointing))
-    optim = make_optimizer(model)
+    saver, batch_loss, optim, train_step = build_train_step(model, opts, patches, loss_fn, ranks)
 
     def lr_factor(step):  # linear warmup, then cosine down to min_lr_ratio
         if step < opts.warmup:
@@ -230,16 +228,10 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
                                  bpb=float("nan"), eval=last_eval)
         while run["step"] < opts.steps:
             tick = time.perf_counter()
-            x = torch.from_numpy(corpus.sample(rng, opts.batch_size, window)).to(opts.device)
-            with _autocast(opts.device, amp):
-                nll = batch_loss(x)
-            loss = nll / x.numel()
-            optim.zero_grad(set_to_none=True)
-            loss.backward()  # (ranks: the gradients averaged over every rank's windows)
-            grad_norm = full_grad_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip))
-            mean_loss = ranks.mean(loss)  # the same on every rank, so every rank skips or steps alike
-            if math.isfinite(mean_loss) and torch.isfinite(grad_norm):
-                optim.step()
+            x = sample_batch(corpus, rng, opts.batch_size, window, opts.device)
+            # (ranks: gradients averaged over every rank's windows; the loss too, so every rank skips or steps alike)
+            mean_loss, stepped = train_step(x, ranks.mean)
+            if stepped:
                 run["loss_history"].append(round(mean_loss, 5))
             else:
                 run["skipped_nonfinite_steps"] += 1  # a non-finite batch must never reach the weights
@@ -272,6 +264,8 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
         "options": vars(opts),
         "device_name": torch.cuda.get_device_name() if opts.device.startswith("cuda") else "cpu",
         "precision": "bf16" if amp is not None else "fp32",
+        "step_mode": train_step.mode,
+        "compile_seconds": round(train_step.compile_seconds, 1),
         "data": {"files": corpus.files, "train_bytes": corpus.train_bytes, "heldout_bytes": corpus.heldout_bytes},
         "recall_episodes": mix,
         "steps_done": run["step"],
@@ -291,6 +285,27 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
     if ranks.active:  # --batch-size is per rank; bytes_per_second counts every rank's windows
         result["ranks"] = {"world_size": ranks.world, "strategy": ranks.strategy}
     return result
+
+
+def build_train_step(model, opts: TrainOptions, patches: WindowPatches | None = None, loss_fn=None,
+                     ranks: Ranks | None = None):
+    """What fit() trains with, built the same way for `neat-bench train`: (FSDP2 saver or None, the window
+    loss module (DDP / FSDP2-wrapped under ranks), AdamW, TrainStep). The model is already on opts.device."""
+    ranks = ranks or Ranks()
+
+    def make_optimizer(m):
+        return make_adamw(_param_groups(m, opts.weight_decay), opts.lr)
+
+    saver = ShardedSaver(copy.deepcopy(model).cpu(), make_optimizer) if ranks.sharded else None
+    batch_loss = ranks.wrap(WindowLoss(model, loss_fn or chained_nll, _fresh_state, opts.tbptt, patches,
+                                       opts.grad_checkpointing))
+    optim = make_optimizer(model)
+    # FSDP2 under torch.compile is not measured here: sharded runs keep the eager step unless asked
+    mode = resolve_mode("eager" if ranks.sharded and opts.step_mode == "auto" else opts.step_mode, opts.device)
+    plan_fn = (patches or WindowPatches(model.cfg)) if isinstance(model, NeatModel) else None
+    step = TrainStep(batch_loss, model.parameters(), optim, opts.clip, opts.autocast_dtype(), opts.device, mode,
+                     plan_fn)
+    return saver, batch_loss, optim, step
 
 
 def _check_resume(out_dir, resume: bool) -> bool:
