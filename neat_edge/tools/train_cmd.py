@@ -11,6 +11,7 @@ import typer
 from neat_edge.config import NeatConfig, preset
 from neat_edge.errors import NeatError
 from neat_edge.tools.common import check_torch_device, console
+from neat_edge.training.step import resolve_mode
 from neat_edge.training.train import PRECISIONS, TrainOptions, train
 
 
@@ -35,6 +36,10 @@ def train_command(
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Held-out bits-per-byte every N steps."),
     eval_bytes: int = typer.Option(65536, "--eval-bytes", min=1, help="Held-out bytes per evaluation."),
     save_every: int = typer.Option(0, "--save-every", min=0, help="Save weights + trainer state every N steps."),
+    step_mode: str = typer.Option("auto", "--step-mode", help="How the training step runs: auto (compile on CUDA, "
+                                  "eager on the CPU), eager (plain PyTorch), compile (the whole window as one "
+                                  "torch.compile graph), regional (that, the segment step compiled once), graphs "
+                                  "(compile + CUDA graphs)."),
     max_minutes: float = typer.Option(0.0, "--max-minutes", min=0.0,
                                       help="Stop after this much training time (resumable with --resume)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out (weights, optimizer, RNG)."),
@@ -88,6 +93,7 @@ def train_command(
     cfg = NeatConfig.load(config) if config else preset(preset_name or "tiny")
     if precision not in PRECISIONS:
         raise NeatError(f"unknown --precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    resolve_mode(step_mode, device)  # one error line for an unknown mode, or CUDA graphs on the CPU
     if recall_fraction and (visual_task or entropy_model):
         raise NeatError("--recall-fraction applies to text training (not --visual-task or --entropy-model)")
     from neat_edge.training.recall_episodes import parse_distances
@@ -96,6 +102,7 @@ def train_command(
                         recall_fraction=recall_fraction, recall_distances=parse_distances(recall_distances),
                         warmup=warmup, device=device, precision=precision, grad_checkpointing=grad_checkpointing,
                         eval_every=eval_every, eval_bytes=eval_bytes, save_every=save_every, max_minutes=max_minutes,
+                        step_mode=step_mode,
                         entropy_checkpoint=str(entropy_checkpoint) if entropy_checkpoint else None)
     paths = [*data, *(more_data or [])]
     ranks = None

@@ -38,7 +38,7 @@ from neat_edge.training.distributed import Ranks, ShardedSaver, WindowLoss
 from neat_edge.training.patches import WindowPatches
 from neat_edge.training.recall_episodes import RecallEpisodes, RecallMix
 from neat_edge.training.resume import has_trainer_state, load_trainer_state, save_trainer_state
-from neat_edge.training.step import TrainStep, make_adamw, resolve_mode, sample_batch
+from neat_edge.training.step import TrainStep, make_adamw, resolve_mode, sample_batch, segment_step
 
 LN2 = math.log(2.0)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -98,7 +98,8 @@ def chained_segments(model, windows: torch.Tensor, state, tbptt: int | None = No
             state = {k: v.detach() for k, v in state.items()}
         x = windows[:, i * seg : (i + 1) * seg]
         args = (x, *plan[i], z, state) if is_neat else (x, state)
-        out, state = checkpoint(model.step, *args, use_reentrant=False) if recompute else model.step(*args)
+        step = segment_step()  # model.step, or (mode "regional") its compiled region stamped once per segment
+        out, state = checkpoint(step, model, *args, use_reentrant=False) if recompute else step(model, *args)
         yield x, out, state
 
 
@@ -300,8 +301,10 @@ def build_train_step(model, opts: TrainOptions, patches: WindowPatches | None = 
     batch_loss = ranks.wrap(WindowLoss(model, loss_fn or chained_nll, _fresh_state, opts.tbptt, patches,
                                        opts.grad_checkpointing))
     optim = make_optimizer(model)
-    # FSDP2 under torch.compile is not measured here: sharded runs keep the eager step unless asked
-    mode = resolve_mode("eager" if ranks.sharded and opts.step_mode == "auto" else opts.step_mode, opts.device)
+    # auto compiles what was measured compiled (docs/training.md): the NEAT byte loss in one process or under
+    # DDP. FSDP2, MVoT's loss and the entropy model keep the eager step unless a mode is asked for.
+    measured = isinstance(model, NeatModel) and loss_fn in (None, chained_nll) and not ranks.sharded
+    mode = resolve_mode("eager" if opts.step_mode == "auto" and not measured else opts.step_mode, opts.device)
     plan_fn = (patches or WindowPatches(model.cfg)) if isinstance(model, NeatModel) else None
     step = TrainStep(batch_loss, model.parameters(), optim, opts.clip, opts.autocast_dtype(), opts.device, mode,
                      plan_fn)
