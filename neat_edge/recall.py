@@ -20,6 +20,14 @@ ablation of `neat eval --memory reset-each-segment`, same code: evaluation.score
                          bytes equal S[8:32] (the generation resets the memory at boundaries too)
   byte_match             share of those 24 bytes that are right
 Every trial's document is drawn from `seed` alone, so both arms (and every backend) see the same bytes.
+
+Distances inside attention (copying, not recall): a trial is `inside_attention` when its whole first
+occurrence lies in what the repeat's continuation can attend to — the continuation's own segment and the
+context_len bytes carried before it (the local encoder's window). When the first occurrence, the gap and
+the repeat with its continuation fit in one segment, the lead is drawn so that they do, and every trial
+of that distance is inside; from segment_len + context_len on none is; between, some are. Each row says
+`inside_attention` (every trial inside) and `inside_attention_share`, so one table shows copying by
+attention beside recall by the memory.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ class Trial:
     lead: bytes
     needle: bytes
     gap: bytes
+    inside_attention: bool = False  # the whole first occurrence is visible to the continuation's attention
 
     @property
     def prompt(self) -> bytes:
@@ -77,8 +86,16 @@ def load_filler(paths) -> tuple[bytes, int]:
     return b"".join(f.read_bytes() for f in files), len(files)
 
 
-def make_trials(filler: bytes, distances, trials: int, length: int, segment_len: int, seed: int):
-    """{distance: [Trial] * trials}, all drawn from `seed`."""
+def visible_to_attention(first_start: int, predicted: int, segment_len: int, context_len: int) -> bool:
+    """Can the byte predicted at stream position `predicted` attend to position `first_start`? Its segment's
+    bytes and the context_len bytes carried before that segment are what the local layers see."""
+    return first_start >= (predicted // segment_len) * segment_len - context_len
+
+
+def make_trials(filler: bytes, distances, trials: int, length: int, segment_len: int, seed: int,
+                context_len: int = 0):
+    """{distance: [Trial] * trials}, all drawn from `seed`. A distance whose whole trial (string, gap,
+    repeat and continuation) fits in one segment gets leads that keep it in one (inside attention)."""
     if length < MIN_LENGTH:
         raise NeatError(f"--length must be at least {MIN_LENGTH} bytes (8 to prompt + 24 to continue), got {length}")
     if trials < 1:
@@ -93,11 +110,15 @@ def make_trials(filler: bytes, distances, trials: int, length: int, segment_len:
     for distance in distances:
         out[distance] = []
         for _ in range(trials):
-            lead = int(rng.integers(segment_len, 2 * segment_len))
+            span = length + distance + PREFIX_BYTES + CONTINUATION_BYTES
+            # one draw per trial either way, so the other distances' documents do not change
+            lead = int(rng.integers(segment_len, 2 * segment_len - (span - 1 if span <= segment_len else 0)))
             start = int(rng.integers(0, len(filler) - lead - distance + 1))
             piece = filler[start : start + lead + distance]
             needle = rng.choice(alphabet, size=length).tobytes()
-            out[distance].append(Trial(piece[:lead], needle, piece[lead:]))
+            predicted = lead + length + distance + PREFIX_BYTES  # the first byte the continuation predicts
+            inside = visible_to_attention(lead, predicted, segment_len, context_len)
+            out[distance].append(Trial(piece[:lead], needle, piece[lead:], inside))
     return out
 
 
@@ -131,7 +152,10 @@ def recall_benchmark(session, trials_by_distance: dict, on_trial=None) -> dict:
         mean = {arm: {key: float(np.mean([r[key] for r in results[arm]])) for key in results[arm][0]}
                 for arm in ARMS}
         carry, reset = mean["carry"]["repeat"], mean["reset"]["repeat"]
-        rows.append({"distance_bytes": distance, "first_bits_per_byte": mean["carry"]["first"],
+        inside = [t.inside_attention for t in trials]
+        rows.append({"distance_bytes": distance, "inside_attention": all(inside),
+                     "inside_attention_share": sum(inside) / len(inside),
+                     "first_bits_per_byte": mean["carry"]["first"],
                      "repeat_bits_per_byte": {"carry": carry, "reset": reset},
                      "exact_match": {arm: mean[arm]["exact"] for arm in ARMS},
                      "byte_match": {arm: mean[arm]["bytes"] for arm in ARMS},

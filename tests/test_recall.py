@@ -156,3 +156,21 @@ def test_a_bundle_on_onnxruntime_measures_what_pytorch_measures(bundle_dir):
     for arm in ("carry", "reset"):
         assert abs(ort["repeat_bits_per_byte"][arm] - ref["repeat_bits_per_byte"][arm]) < 1e-3
         assert ort["byte_match"][arm] == ref["byte_match"][arm]
+
+
+def test_distances_inside_attention_are_marked_and_placed_in_one_segment():
+    """A trial whose string, gap, repeat and continuation fit in one segment is placed in one segment (copying
+    by attention); from segment_len + context_len on the first occurrence is out of every trial's reach."""
+    filler, seg, ctx = TEXTWRAP.read_bytes(), 128, 32
+    plan = make_trials(filler, [24, 100, seg + ctx], 16, 32, seg, seed=2, context_len=ctx)
+    for t in plan[24]:
+        start, end = len(t.lead), len(t.prompt) + 24  # the first occurrence .. the continuation's last byte
+        assert t.inside_attention and start // seg == (end - 1) // seg
+    assert not any(t.inside_attention for t in plan[seg + ctx])
+    from neat_edge.recall import visible_to_attention
+
+    shares = [t.inside_attention for t in plan[100]]
+    assert shares == [visible_to_attention(len(t.lead), len(t.prompt), seg, ctx) for t in plan[100]]
+    rows = recall_benchmark(oracle_session(), make_trials(filler, [24, 200], 2, 32, seg, seed=1,
+                                                          context_len=ctx))["distances"]
+    assert [(r["inside_attention"], r["inside_attention_share"]) for r in rows] == [(True, 1.0), (False, 0.0)]

@@ -35,7 +35,8 @@ def recall_command(
     wanted = parse_distances(distances)
     data, n_files = load_filler([*filler, *(more_filler or [])])
     session = open_eval_session(model, backend)
-    plan = make_trials(data, wanted, trials, length, session.config.segment_len, seed)
+    cfg = session.config
+    plan = make_trials(data, wanted, trials, length, cfg.segment_len, seed, cfg.context_len)
     columns = [TextColumn("[bold]recall"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
@@ -46,11 +47,13 @@ def recall_command(
     table = Table(title=f"{model}: a {length}-byte random string repeated after filler, {trials} trials per "
                         f"distance; bits/byte of its bytes after the first 8 (uniform over the alphabet: "
                         f"{report['uniform_bits_per_byte']:.2f}); memory carried / reset each segment")
-    for name in ("distance", "first", "repeat", "ratio", "exact match", "byte match"):
+    for name in ("distance", "in attention", "first", "repeat", "ratio", "exact match", "byte match"):
         table.add_column(name, justify="right")
     for row in report["distances"]:
         rb, em, bm = row["repeat_bits_per_byte"], row["exact_match"], row["byte_match"]
-        table.add_row(f"{row['distance_bytes']:,}", f"{row['first_bits_per_byte']:.3f}",
+        share = row["inside_attention_share"]
+        table.add_row(f"{row['distance_bytes']:,}", "yes" if share == 1 else "no" if share == 0 else f"{share:.0%}",
+                      f"{row['first_bits_per_byte']:.3f}",
                       f"{rb['carry']:.3f} / {rb['reset']:.3f}", f"{row['repeat_carry_over_reset']:.1%}",
                       f"{em['carry']:.2f} / {em['reset']:.2f}", f"{bm['carry']:.2f} / {bm['reset']:.2f}")
     console.print(table)
