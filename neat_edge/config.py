@@ -71,7 +71,7 @@ class NeatConfig:
     memory_max_grad_norm: int = 32
     # θ (Eq 10/14) per unit of mean squared error: θ_t = memory_theta_max·σ(·) ≤ memory_theta_max, starting at
     # memory_theta_init. The seeds' 0.01 / 0.02 make one write recall almost nothing; a far larger bound
-    # recalls spread-out keys but overshoots on correlated ones (README, memory ablation).
+    # recalls spread-out keys but overshoots on correlated ones (docs/training.md, memory ablation).
     memory_theta_max: float = 0.02
     memory_theta_init: float = 0.01
     # The write rule (MEMORY_RULES) and, for "titans", its chunk step (MEMORY_STEPS); both written only when set.
