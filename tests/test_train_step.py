@@ -132,3 +132,36 @@ def test_neat_bench_train_refuses_bad_options_in_one_line(args, message):
     assert r.returncode != 0
     lines = [line for line in r.stderr.splitlines() + r.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+
+
+def test_the_peer_as_a_byte_model_scores_and_round_trips(tmp_path):
+    """PeerByteModel (what scripts/train_peer.py trains through fit): a window scored from BOS; a document
+    longer than the context scored once per byte with sliding windows; weights saved and loaded."""
+    pytest.importorskip("transformers")
+    import math
+
+    from neat_edge.hf.peer import PeerByteModel, PeerConfig, load_peer, save_peer
+
+    model = PeerByteModel(PeerConfig(1_848_500, 32)).eval()
+    data = bytes(range(40, 120))
+    x = torch.tensor([list(data[:32])])
+    with torch.no_grad():
+        out, state = model.step(x, model.initial_state(1))
+    window_bits = -float(out["byte_logprobs"].gather(-1, x[..., None]).sum()) / math.log(2)
+    assert state == {} and model.document_bits(data[:32]) == pytest.approx(window_bits, rel=1e-5)
+    # stride = context: back-to-back windows over BOS ‖ data, each byte scored once (window i reads bytes
+    # 32i-1 .. 32i+30 to predict 32i .. 32i+31)
+    ids = torch.tensor([256, *data])
+    manual = 0.0
+    with torch.no_grad():
+        for i in range(0, len(data), 32):
+            chunk = ids[i : i + 33]
+            logp = torch.log_softmax(model.llama(input_ids=chunk[None, :-1]).logits[0].float(), -1)
+            manual -= float(logp.gather(-1, chunk[1:, None]).sum()) / math.log(2)
+    assert model.document_bits(data, stride=32) == pytest.approx(manual, rel=1e-5)
+    assert model.document_bits(data) != model.document_bits(data, stride=32)  # more context per byte
+    save_peer(model, tmp_path / "peer")
+    again = load_peer(tmp_path / "peer")
+    assert again.document_bits(data) == pytest.approx(model.document_bits(data), rel=1e-6)
+    with pytest.raises(NeatError, match="no readable peer checkpoint"):
+        load_peer(tmp_path)

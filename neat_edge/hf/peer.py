@@ -9,13 +9,17 @@ two rates differ only by the models.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neat_edge.config import N_SPECIALS
+from neat_edge.config import BOS, N_SPECIALS
 from neat_edge.errors import NeatError
 
 VOCAB = 256 + N_SPECIALS
@@ -74,3 +78,84 @@ class PeerWindowLoss(nn.Module):
         logits = self.model(input_ids=windows[:, :-1]).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1),
                                reduction="sum")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """What fit() and the peer's files need: the training segment (= the NEAT window) and the Llama's shape."""
+
+    parameters: int  # the NEAT model's parameter count the peer matches
+    segment_len: int  # context of a training window (the NEAT window: segments × segment_len)
+    seed: int = 0
+    name: str = "peer"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class PeerByteModel(nn.Module):
+    """The peer as one of the project's byte models (the entropy model's interface: cfg, initial_state, step),
+    so train.fit trains it with the NEAT model's loop — schedule, clipping, saves, resume, held-out evaluation.
+    A segment is one context window scored from BOS (no state crosses windows: the peer has none)."""
+
+    def __init__(self, cfg: PeerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.llama = build_peer(cfg.parameters, cfg.segment_len + 1, cfg.seed)
+
+    def initial_state(self, batch: int = 1) -> dict[str, torch.Tensor]:
+        return {}
+
+    def step(self, data: torch.Tensor, state: dict):
+        bos = torch.full_like(data[:, :1], BOS)
+        logits = self.llama(input_ids=torch.cat([bos, data[:, :-1]], dim=1)).logits
+        return {"byte_logprobs": torch.log_softmax(logits.float(), dim=-1)}, state
+
+    @torch.no_grad()
+    def document_bits(self, data: bytes, stride: int | None = None, device: str = "cpu") -> float:
+        """-log2 p of a document from a fresh start, its windows sliding by `stride` (default: half the
+        context): every byte after the first window is predicted with at least context − stride bytes before it."""
+        context = self.cfg.segment_len
+        stride = stride or context // 2
+        ids = torch.tensor([BOS, *data], dtype=torch.long, device=device)
+        nats, done = 0.0, 0  # bytes of `data` scored so far
+        start = 0
+        while done < len(data):
+            chunk = ids[start : start + context + 1]
+            logp = torch.log_softmax(self.llama(input_ids=chunk[None, :-1]).logits[0].float(), dim=-1)
+            picked = logp.gather(-1, chunk[1:, None])[:, 0]
+            new = start + len(picked) - done  # the predictions of bytes not scored before
+            nats -= float(picked[len(picked) - new :].sum())
+            done += new
+            start += stride
+        return nats / math.log(2)
+
+
+PEER_CONFIG, PEER_WEIGHTS = "peer_config.json", "peer.safetensors"
+
+
+def save_peer(model: PeerByteModel, out_dir) -> None:
+    """fit()'s save_weights for the peer: its config and weights (safetensors), landing together."""
+    from safetensors.torch import save_file
+
+    from neat_edge.fileio import atomic_write, atomic_write_json, commit_together
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with commit_together(out):
+        atomic_write(out / PEER_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write_json(out / PEER_CONFIG, {**model.cfg.to_dict(), "shape": model.llama.peer_shape})
+
+
+def load_peer(out_dir) -> PeerByteModel:
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    try:
+        raw = json.loads((out / PEER_CONFIG).read_text())
+        model = PeerByteModel(PeerConfig(**{k: raw[k] for k in ("parameters", "segment_len", "seed", "name")}))
+        model.load_state_dict(load_file(str(out / PEER_WEIGHTS)))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise NeatError(f"{out} holds no readable peer checkpoint: {exc}") from None
+    return model
