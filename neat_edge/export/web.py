@@ -26,7 +26,7 @@ from neat_edge.fileio import atomic_write_json, sha256_file
 from neat_edge.manifest import manifest_paths
 
 WEB_SOURCES = Path(__file__).resolve().parent.parent / "web"  # neat.js & co, index.html, package.json
-RUNTIME_FILES = ("neat.js", "bundle.js", "safetensors.js", "decoding.js", "dispatch.js", "sampling.js",
+RUNTIME_FILES = ("neat.js", "bundle.js", "safetensors.js", "decoding.js", "dispatch.js", "sampling.js", "onnx_edit.js",
                  "index.html", "demo.js")
 # ONNX Runtime Web: one module + one WebAssembly build per backend (wasm: the plain build; webgpu: the
 # asyncify build with the WebGPU execution provider). Nothing else of the package's dist/ is loaded.

@@ -74,27 +74,28 @@ export function idsFromStarts(starts) {
 // outputs. begin() starts a segment from a committed state; feed() advances by one token and returns
 // the new committed state when the segment completes.
 export class Decoder {
+  // graphs.specs: name -> the manifest's entry of every decode graph; graphs.forZ(z) -> name -> Graph
+  // (graph.run(feeds) -> outputs) with the SVF weights of z in them
   constructor(graphs, config, patcher, makeTensor) {
-    this.graphs = graphs; // name -> Graph (graph.run(feeds) -> outputs)
+    this.provider = graphs;
     this.config = config;
     this.patcher = patcher;
     this.T = makeTensor; // (dtype, data, dims) -> a tensor the graphs take
     this.chunkSpan = Math.ceil(config.max_patches_per_segment / config.memory_chunks);
     this.svfZ = null;
-    this.svfWeights = {};
-    this.cacheNames = [...new Set(Object.values(graphs).flatMap((g) => g.spec.inputs.map((t) => t.name))
-      .filter((n) => n.startsWith(CACHE_IN) && !n.startsWith("cache.entropy")).map((n) => n.slice(CACHE_IN.length)))].sort();
+    this.cacheNames = [...new Set(Object.entries(graphs.specs).filter(([name]) => !name.startsWith("entropy_"))
+      .flatMap(([, spec]) => spec.inputs.map((t) => t.name))
+      .filter((n) => n.startsWith(CACHE_IN)).map((n) => n.slice(CACHE_IN.length)))].sort();
   }
 
   async begin(state, svfZ, entropyContext = null) {
     this.state = state;
     if (this.svfZ === null || !sameArray(this.svfZ, svfZ)) {
       this.svfZ = Float32Array.from(svfZ);
-      this.svfWeights = await this.graphs.decode_svf.run({ svf_z: this.T("float32", this.svfZ, [svfZ.length]) });
+      this.graphs = await this.provider.forZ(this.svfZ);
     }
     this.inputs = {};
     for (const [k, v] of Object.entries(state)) this.inputs[STATE_IN + k] = v;
-    Object.assign(this.inputs, this.svfWeights);
     this._take(await this.graphs.decode_start.run(this.inputs));
     this.position = 0;
     this.patch = 0;

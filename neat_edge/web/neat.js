@@ -11,6 +11,7 @@
 import { openBundle, STATE_IN, STATE_OUT } from "./bundle.js";
 import { Decoder, EntropyPatcher, fixedPatches, idsFromStarts, sameArray } from "./decoding.js";
 import { dispatch as dispatchExperts, ExpertLibrary } from "./dispatch.js";
+import { bakeInputs } from "./onnx_edit.js";
 import { chooseByte, Rng } from "./sampling.js";
 import { NeatError, readTensors, sha256Hex, writeSafetensors, isFinite32 } from "./safetensors.js";
 
@@ -50,6 +51,52 @@ class Graph {
       chosen[n] = feeds[n];
     }
     return this.session.run(chosen);
+  }
+}
+
+// The decode graphs. decode_svf (z -> the SVF layers' weights) and the entropy model's run as they are;
+// every other one is opened with the weights of the current z baked in (onnx_edit.js), once per z.
+class DecodeGraphs {
+  static async open(ort, bundle, entries, providers) {
+    const graphs = new DecodeGraphs(ort, providers);
+    for (const [name, entry] of Object.entries(entries)) {
+      if (name === "decode_image_head") continue; // MVoT images: the Python runtime's
+      const bytes = bundle.file(entry.file, `decode.graphs.onnx.${name}.file`);
+      graphs.specs[name] = entry;
+      if (name === "decode_svf" || name.startsWith("entropy_")) graphs.plain[name] = await Graph.open(ort, bytes, entry, providers);
+      else graphs.bytes[name] = bytes;
+    }
+    if (!graphs.plain.decode_svf) throw new NeatError(`bundle ${bundle.base}: decode graphs without decode_svf: re-export it`);
+    return graphs;
+  }
+
+  constructor(ort, providers) {
+    this.ort = ort;
+    this.providers = providers;
+    this.specs = {};
+    this.plain = {};
+    this.bytes = {};
+    this.z = null;
+    this.baked = null;
+  }
+
+  async forZ(z) {
+    if (this.z && sameArray(this.z, z)) return this.baked;
+    const weights = await this.plain.decode_svf.run({ svf_z: new this.ort.Tensor("float32", z, [z.length]) });
+    for (const [name, g] of Object.entries(this.baked ?? {})) if (!(name in this.plain)) await g.session.release();
+    const baked = { ...this.plain };
+    for (const [name, bytes] of Object.entries(this.bytes)) {
+      const entry = this.specs[name];
+      const values = {};
+      for (const t of entry.inputs) {
+        if (t.name.startsWith("svf.")) values[t.name] = { dims: weights[t.name].dims, data: weights[t.name].data };
+      }
+      const spec = { ...entry, inputs: entry.inputs.filter((t) => !(t.name in values)) };
+      baked[name] = await Graph.open(this.ort, bakeInputs(bytes, values), spec, this.providers);
+    }
+    this.z = Float32Array.from(z);
+    this.baked = baked;
+    return baked;
   }
 }
 
@@ -107,14 +154,8 @@ export async function openSession(baseUrl, { backend = "wasm", threads, onProgre
     };
   }
   const step = await open(m.graphs.onnx, "graphs.onnx.file");
-  let decode = null;
   const entries = m.decode?.graphs?.onnx;
-  if (entries) {
-    decode = {};
-    for (const [name, entry] of Object.entries(entries)) {
-      if (name !== "decode_image_head") decode[name] = await open(entry, `decode.graphs.onnx.${name}.file`);
-    }
-  }
+  const decode = entries ? await DecodeGraphs.open(ort, bundle, entries, providers) : null;
   const experts = await ExpertLibrary.fromBundle(bundle);
   const session = new Session(ort, bundle, config, step, initial, entropy, decode, experts);
   await session.init();
