@@ -183,3 +183,30 @@ def test_tampered_bundles_are_refused_in_the_browser(browser, web_dir, tmp_path,
         assert name == "NeatError" and why in message
         assert page.text_content("#status") == f"error: {message}"
         page.context.close()
+
+
+JS_DISPATCH = """async ([prompt, strategy, text]) => {
+  const s = window.neatDemo.session; s.reset(); await s.score(Uint8Array.from(prompt.slice(0, 150)));
+  const result = await s.dispatch(Uint8Array.from(prompt), strategy, 400);
+  const scores = await s.score(Uint8Array.from(text));
+  const next = [];
+  for await (const [b, lp] of s.stream(new Uint8Array(0), 140)) next.push(lp);  // the decode graphs at this z
+  return [result.weights, result.pass1Bytes, Array.from(scores), next]; }"""
+
+
+@pytest.mark.parametrize("strategy", ["classifier", "expert:prose=0.3,python=0.7"])
+def test_two_pass_dispatch_matches_python(browser, site, web_dir, corpus, strategy):
+    """Transformer² in the page: the expert mixture pass 1 chooses (the dispatch head, or fixed weights of
+    the bundle's experts), then scores and decoding at that z: all as the Python session's."""
+    page = open_page(browser, site)
+    prompt, text = corpus[2000:2600], corpus[3000:3200]
+    weights, seen, scores, logprobs = page.evaluate(JS_DISPATCH, [list(prompt), strategy, list(text)])
+    py = open_session(web_dir, "onnxruntime", threads=1)
+    py.score(prompt[:150])
+    result = py.dispatch(prompt, strategy, max_bytes=400)
+    assert weights.keys() == result.weights.keys() and seen == result.pass1_bytes
+    assert all(abs(weights[k] - w) <= 1e-5 for k, w in result.weights.items())
+    assert np.max(np.abs(np.array(scores) - py.score(text))) <= TOL
+    _, py_logprobs = py.generate(b"", 140, return_logprobs=True)
+    assert np.max(np.abs(np.array(logprobs) - py_logprobs)) <= TOL
+    page.context.close()

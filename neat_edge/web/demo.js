@@ -87,7 +87,7 @@ async function main() {
         n++;
         if (n % 16 === 0) {
           $("stats").textContent = `${n} bytes, ${(n / ((performance.now() - t0) / 1000)).toFixed(0)} bytes/s`;
-          await new Promise(requestAnimationFrame);
+          await new Promise((resolve) => setTimeout(resolve)); // let the page paint the text so far
         }
       }
       out.append(decoder.decode());
