@@ -210,3 +210,29 @@ def test_two_pass_dispatch_matches_python(browser, site, web_dir, corpus, strate
     _, py_logprobs = py.generate(b"", 140, return_logprobs=True)
     assert np.max(np.abs(np.array(logprobs) - py_logprobs)) <= TOL
     page.context.close()
+
+
+@pytest.mark.slow
+def test_entropy_patching_and_memory_chunks_match_python(browser, corpus, tmp_path):
+    """A micro BLT (entropy patching: the entropy model's graphs beside the step and decode graphs; memory
+    written in two chunks per segment, MAG window): generation, scores and a state file as Python's."""
+    from neat_edge.export.pipeline import export_bundle
+    from tests.test_decoding import micro_model
+
+    model, patching = micro_model("mag", "entropy", corpus)
+    export_bundle(model, tmp_path / "bundle", log=lambda *_: None, patching=patching, segments=8)
+    export_web(tmp_path / "site", bundle=tmp_path / "bundle", log=lambda *_: None)
+    py = open_session(tmp_path / "site", "onnxruntime", threads=1)
+    prompt, n = corpus[:50], 200  # segments of 32 bytes: seven commits, patches closed by the entropy model
+    py_bytes, py_logprobs = py.generate(prompt, n, return_logprobs=True)
+    with serving(tmp_path / "site") as url:
+        page = open_page(browser, url)
+        js_bytes, js_logprobs, _ = page.evaluate(JS_STREAM, [list(prompt), n])
+        assert bytes(js_bytes) == py_bytes
+        assert np.max(np.abs(np.array(js_logprobs) - py_logprobs)) <= TOL
+        b64, js_next = page.evaluate(JS_SAVE, list(corpus[100:180]))
+        state = tmp_path / "state.safetensors"
+        state.write_bytes(base64.b64decode(b64))
+        py.load_state(state)
+        assert np.max(np.abs(py.next_byte_logprobs() - np.array(js_next))) <= TOL
+        page.context.close()

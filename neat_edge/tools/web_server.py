@@ -44,3 +44,29 @@ def serving(folder: str | Path, isolated: bool = True, port: int = 0):
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def main() -> None:
+    """python -m neat_edge.tools.web_server FOLDER [--port 8000] [--no-isolation]"""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description="Serve a neat-export --target web folder on 127.0.0.1 "
+                                             "(cross-origin isolated: WebAssembly threads work)")
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--no-isolation", action="store_true", help="without COOP / COEP (one WebAssembly thread)")
+    args = ap.parse_args()
+    if not (args.folder / "index.html").is_file():
+        raise SystemExit(f"error: {args.folder} is not a neat-export --target web folder (no index.html)")
+    with serving(args.folder, not args.no_isolation, args.port) as url:
+        print(f"serving {args.folder} at {url} (Ctrl-C stops)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
