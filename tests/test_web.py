@@ -30,6 +30,19 @@ def test_missing_onnxruntime_web_is_one_clear_error(tmp_path):
         onnxruntime_web(tmp_path)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--precision", "fp16"], "holds fp32 ONNX graphs, not fp16"),
+    (["--preset", "tiny"], "--bundle packs an exported bundle"),
+])
+def test_web_export_errors_are_one_line(bundle_dir, tmp_path, monkeypatch, capsys, args, needle):
+    from neat_edge.tools.export_cli import main
+    from tests.test_cli import inprocess_error
+
+    argv = ["neat-export", "--target", "web", "--bundle", str(bundle_dir), "--out", str(tmp_path / "site"), *args]
+    assert needle in inprocess_error(main, argv, monkeypatch, capsys)
+    assert not (tmp_path / "site").exists()
+
+
 @pytest.fixture(scope="module")
 def web_dir(bundle_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("web") / "site"

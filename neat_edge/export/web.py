@@ -35,6 +35,9 @@ ORT_FILES = {"wasm": ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-was
                         "ort-wasm-simd-threaded.asyncify.wasm")}
 ORT_DIR = "ort"
 GRAPH_TARGET = "onnx"  # the plain-op ONNX graphs: what ONNX Runtime Web runs
+# the decode graphs neat.js runs (model/graphs.py's); any other entry (a fused variant for one runtime) stays out
+DECODE_GRAPHS = frozenset({"decode_svf", "decode_start", "decode_byte", "decode_patch", "decode_commit", "decode_chunk",
+                           "decode_image_head", "entropy_decode_start", "entropy_decode_byte"})
 INSTALL_HINT = "npm ci --prefix neat_edge/web"
 
 
@@ -75,7 +78,8 @@ def web_manifest(manifest: dict, precision: str, bundle_dir: Path) -> dict:
     if decode is not None:
         if GRAPH_TARGET not in decode.get("graphs", {}):
             raise NeatError(f"bundle {bundle_dir} has decode graphs, but none in plain ONNX ops: re-export it")
-        decode["graphs"] = {GRAPH_TARGET: decode["graphs"][GRAPH_TARGET]}
+        decode["graphs"] = {GRAPH_TARGET: {name: entry for name, entry in decode["graphs"][GRAPH_TARGET].items()
+                                           if name in DECODE_GRAPHS}}
     for section in ("patching", "images"):
         part = out.get(section)
         if isinstance(part, dict) and "graphs" in part:
@@ -90,6 +94,18 @@ def web_manifest(manifest: dict, precision: str, bundle_dir: Path) -> dict:
         raise NeatError(f"bundle {bundle_dir}: {unlisted[0]} is not covered by the manifest's checksums")
     out["files"] = {rel: listed[rel] for rel in sorted(named)}
     return out
+
+
+def check_plain_ops(path: Path, rel: str) -> None:
+    """Only the standard ONNX domain: contrib ops (com.microsoft fusions) are ONNX Runtime CPU's."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    other = sorted({f"{n.domain}.{n.op_type}" for n in nodes if n.domain not in ("", "ai.onnx")})
+    if other:
+        raise NeatError(f"{rel} uses {', '.join(other[:3])}, which ONNX Runtime Web lacks: the web target needs the "
+                        "plain-op ONNX graphs (re-export the bundle with --target onnx)")
 
 
 def write_web(bundle_dir: str | Path, out: str | Path, precision: str = "fp32", log=print) -> dict:
@@ -110,6 +126,8 @@ def write_web(bundle_dir: str | Path, out: str | Path, precision: str = "fp32", 
             target = staged / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(bundle.file(rel, f"files.{rel}"), target)
+            if rel.endswith(".onnx"):
+                check_plain_ops(target, rel)
             if sha256_file(target) != digest:  # the file changed between the check and the copy
                 raise NeatError(f"bundle {bundle_dir}: {rel} changed while it was copied")
         for name in RUNTIME_FILES:
