@@ -26,7 +26,7 @@ TOL = 1e-4
 
 def test_missing_onnxruntime_web_is_one_clear_error(tmp_path):
     shutil.copy(WEB_SOURCES / "package-lock.json", tmp_path)
-    with pytest.raises(NeatError, match=r"not installed .*npm ci --prefix neat_edge/web"):
+    with pytest.raises(NeatError, match=rf"not installed .*npm ci --prefix {tmp_path}"):
         onnxruntime_web(tmp_path)
 
 

@@ -38,26 +38,34 @@ GRAPH_TARGET = "onnx"  # the plain-op ONNX graphs: what ONNX Runtime Web runs
 # the decode graphs neat.js runs (model/graphs.py's); any other entry (a fused variant for one runtime) stays out
 DECODE_GRAPHS = frozenset({"decode_svf", "decode_start", "decode_byte", "decode_patch", "decode_commit", "decode_chunk",
                            "decode_image_head", "entropy_decode_start", "entropy_decode_byte"})
-INSTALL_HINT = "npm ci --prefix neat_edge/web"
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when it is below it (neat_edge/web from a checkout's root)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def onnxruntime_web(sources: Path = WEB_SOURCES) -> tuple[Path, str]:
     """(dist folder, version) of the installed, pinned onnxruntime-web; one clear error when it is absent
     or is not the version package-lock.json pins."""
+    hint = f"npm ci --prefix {shown(sources)}"
     lock = json.loads((sources / "package-lock.json").read_text())
     pinned = lock["packages"]["node_modules/onnxruntime-web"]["version"]
     package = sources / "node_modules" / "onnxruntime-web"
     try:
         installed = json.loads((package / "package.json").read_text())["version"]
     except (OSError, ValueError, KeyError):
-        raise NeatError(f"ONNX Runtime Web is not installed (the web target copies its files): run `{INSTALL_HINT}` "
-                        f"(onnxruntime-web {pinned}, pinned in neat_edge/web/package-lock.json)") from None
+        raise NeatError(f"ONNX Runtime Web is not installed (the web target copies its files): run `{hint}` "
+                        f"(onnxruntime-web {pinned}, pinned in its package-lock.json)") from None
     if installed != pinned:
-        raise NeatError(f"onnxruntime-web {installed} is installed, package-lock.json pins {pinned}: run `{INSTALL_HINT}`")
+        raise NeatError(f"onnxruntime-web {installed} is installed, package-lock.json pins {pinned}: run `{hint}`")
     dist = package / "dist"
     missing = [f for files in ORT_FILES.values() for f in files if not (dist / f).is_file()]
     if missing:
-        raise NeatError(f"onnxruntime-web {installed} lacks {', '.join(missing)}: run `{INSTALL_HINT}`")
+        raise NeatError(f"onnxruntime-web {installed} lacks {', '.join(missing)}: run `{hint}`")
     return dist, installed
 
 
