@@ -4,8 +4,8 @@ and all threads) beside the Python session on ONNX Runtime (one thread and all),
     PYTHONPATH=. python scripts/web_speed.py exports/web [--bytes 512] [--warmup 256] [--repeats 3] [--json OUT]
 
 Each runtime generates greedily from the same prompt: an untimed warm-up generation first (WebAssembly code
-is compiled in tiers while it runs), then `repeats` timed ones from a fresh stream; the best is reported.
-The bytes must be the same everywhere (checked)."""
+is compiled in tiers while it runs), then `repeats` timed rounds from a fresh stream (prefill untimed), the four
+runtimes interleaved within each round; the best of each is reported. The bytes must be the same everywhere."""
 
 from __future__ import annotations
 
@@ -21,32 +21,44 @@ from neat_edge.tools.web_server import serving
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-JS_RUN = """async ([prompt, warmup, n, repeats]) => {
+JS_WARM = """async ([prompt, warmup]) => {
   await window.neatDemo.ready;
-  const s = window.neatDemo.session, p = Uint8Array.from(prompt);
-  s.reset(); await s.generate(p, warmup);
-  let best = Infinity, out;
-  for (let r = 0; r < repeats; r++) {
-    s.reset(); await s.append(p); await s.nextByteLogprobs();  // prefill untimed: generation alone is timed
-    const t0 = performance.now();
-    out = await s.generate(new Uint8Array(0), n);
-    best = Math.min(best, performance.now() - t0);
-  }
-  return [Array.from(out), best / 1000, navigator.hardwareConcurrency, crossOriginIsolated]; }"""
+  const s = window.neatDemo.session;
+  s.reset(); await s.generate(Uint8Array.from(prompt), warmup);
+  return [navigator.hardwareConcurrency, crossOriginIsolated]; }"""
+JS_TIMED = """async ([prompt, n]) => {
+  const s = window.neatDemo.session;
+  s.reset(); await s.append(Uint8Array.from(prompt)); await s.nextByteLogprobs();  // prefill untimed
+  const t0 = performance.now();
+  const out = await s.generate(new Uint8Array(0), n);
+  return [Array.from(out), (performance.now() - t0) / 1000]; }"""
 
 
-def python_rate(folder: Path, prompt: bytes, warmup: int, n: int, repeats: int, threads: int | None):
-    s = open_session(folder, "onnxruntime", threads=threads)
-    s.generate(prompt, warmup)
-    best, out = float("inf"), b""
-    for _ in range(repeats):
+class PythonRunner:
+    def __init__(self, folder: Path, prompt: bytes, warmup: int, threads: int):
+        self.session, self.prompt = open_session(folder, "onnxruntime", threads=threads), prompt
+        self.session.generate(prompt, warmup)
+
+    def timed(self, n: int) -> tuple[bytes, float]:
+        s = self.session
         s.reset()
-        s.append(prompt)
+        s.append(self.prompt)
         s.next_byte_logprobs()
         t0 = time.perf_counter()
         out = s.generate(b"", n)
-        best = min(best, time.perf_counter() - t0)
-    return out, best
+        return out, time.perf_counter() - t0
+
+
+class BrowserRunner:
+    def __init__(self, browser, url: str, prompt: bytes, warmup: int, threads: int):
+        self.page, self.prompt = browser.new_page(), list(prompt)
+        self.page.set_default_timeout(600_000)
+        self.page.goto(f"{url}index.html?backend=wasm&threads={threads}")
+        self.isolated = self.page.evaluate(JS_WARM, [self.prompt, warmup])[1]
+
+    def timed(self, n: int) -> tuple[bytes, float]:
+        out, seconds = self.page.evaluate(JS_TIMED, [self.prompt, n])
+        return bytes(out), seconds
 
 
 def main() -> None:
@@ -61,25 +73,24 @@ def main() -> None:
 
     prompt = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_bytes()[:200]
     cores = os.cpu_count() or 1
-    rows, reference = [], None
-    for threads in (1, cores):
-        out, seconds = python_rate(args.web, prompt, args.warmup, args.bytes, args.repeats, threads)
-        reference = reference or out
-        rows.append({"runtime": "Python, ONNX Runtime (CPU)", "threads": threads, "bytes_per_s": args.bytes / seconds,
-                     "same_bytes": out == reference})
+    python_name, browser_name = "Python, ONNX Runtime (CPU)", "chromium, ONNX Runtime Web (WebAssembly)"
     with serving(args.web) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        runners = {}
         for threads in (1, cores):
-            page = browser.new_page()
-            page.set_default_timeout(600_000)
-            page.goto(f"{url}index.html?backend=wasm&threads={threads}")
-            out, seconds, _, isolated = page.evaluate(JS_RUN, [list(prompt), args.warmup, args.bytes, args.repeats])
-            rows.append({"runtime": "chromium, ONNX Runtime Web (WebAssembly)", "threads": threads,
-                         "bytes_per_s": args.bytes / seconds, "same_bytes": bytes(out) == reference,
-                         "cross_origin_isolated": isolated})
-            page.close()
+            runners[python_name, threads] = PythonRunner(args.web, prompt, args.warmup, threads)
+            runners[browser_name, threads] = BrowserRunner(browser, url, prompt, args.warmup, threads)
+        best = {key: float("inf") for key in runners}
+        outputs = {}
+        for _ in range(args.repeats):  # interleaved: a change in the machine's load falls on every runtime alike
+            for key, runner in runners.items():
+                outputs[key], seconds = runner.timed(args.bytes)
+                best[key] = min(best[key], seconds)
         version = browser.version
         browser.close()
+    reference = outputs[python_name, 1]
+    rows = [{"runtime": name, "threads": threads, "bytes_per_s": args.bytes / best[name, threads],
+             "same_bytes": outputs[name, threads] == reference} for name, threads in runners]
     one_thread = rows[0]["bytes_per_s"]
     print(f"{args.bytes} greedy bytes after a {len(prompt)}-byte prompt, best of {args.repeats}; "
           f"chromium {version}; {cores} cores")
