@@ -246,7 +246,7 @@ JS_DISPATCH = """async ([prompt, strategy, text]) => {
   return [result.weights, result.pass1Bytes, Array.from(scores), next]; }"""
 
 
-@pytest.mark.parametrize("strategy", ["classifier", "expert:prose=0.3,python=0.7"])
+@pytest.mark.parametrize("strategy", ["classifier", pytest.param("expert:prose=0.3,python=0.7", marks=pytest.mark.slow)])
 def test_two_pass_dispatch_matches_python(browser, site, web_dir, corpus, strategy):
     """Transformer² in the page: the expert mixture pass 1 chooses (the dispatch head, or fixed weights of
     the bundle's experts), then scores and decoding at that z: all as the Python session's."""

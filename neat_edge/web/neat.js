@@ -157,6 +157,7 @@ export async function openSession(baseUrl, { backend = "wasm", threads, onProgre
   const entries = m.decode?.graphs?.onnx;
   const decode = entries ? await DecodeGraphs.open(ort, bundle, entries, providers) : null;
   const experts = await ExpertLibrary.fromBundle(bundle);
+  bundle.contents.clear(); // every file is read (the decode graphs keep their bytes, to bake a new z into)
   const session = new Session(ort, bundle, config, step, initial, entropy, decode, experts);
   await session.init();
   return session;
