@@ -152,7 +152,7 @@ def test_int8_activation_types(tmp_path, activations, dtype):
 
 def test_tensorrt_int8_is_symmetric_whatever_the_plan(monkeypatch):
     """--target all --precision int8: the ONNX graph takes the plan's u8, TensorRT's Q/DQ graph s8."""
-    from neat_edge.calibration import plan as plan_module
+    from neat_edge.calibration import settings as plan_module
     from neat_edge.export import quantize
 
     seen = []

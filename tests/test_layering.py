@@ -1,6 +1,7 @@
 """Imports run one way: spec (with config, errors, fileio, patching) below the model, the model below the
 runtimes, the runtimes below export, calibration, training and the tools. A runtime never needs the
-exporters (a device install reads bundles and runs graphs only), and the graph spec needs nothing above it."""
+exporters (a device install reads bundles and runs graphs only), and the graph spec needs nothing above it.
+No module reaches itself through its imports (test_no_import_circles), deferred imports included."""
 
 import ast
 from pathlib import Path
@@ -58,3 +59,81 @@ def test_core_never_imports_hugging_face():
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             bad += [f"{f.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in ("transformers", "optimum")]
     assert not bad, "\n".join(bad)
+
+
+def module_name(path: Path) -> str:
+    parts = ("neat_edge", *path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """neat_edge modules a file imports anywhere in it (inside functions too: a deferred import is still
+    a dependency, and deferring one is no way out of a circle); `from pkg import name` counts as
+    pkg.name when that is a module. Imports under `if TYPE_CHECKING:` aside."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                      for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found & modules
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (or a module importing itself), each as
+    one circle through it (Tarjan's algorithm, iterative)."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            nxt = next(edges, None)
+            if nxt is not None:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in graph[node]:
+                    circles.append(sorted(component))
+    return circles
+
+
+def test_no_import_circles():
+    """No module of neat_edge/ reaches itself through its imports: each room stands on the ones below it."""
+    files = {module_name(f): f for f in ROOT.rglob("*.py")}
+    graph = {m: imported_modules(f, set(files)) for m, f in files.items()}
+    circles = import_circles(graph)
+    assert not circles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_import_circles_are_found():
+    """The walker itself: a circle of three, a self-import and a clean chain."""
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_circles({"a": {"a"}}) == [["a"]]
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": set()}) == []

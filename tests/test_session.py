@@ -106,7 +106,7 @@ def test_torch_backend_feeds_fresh_strides(bundle_dir, corpus):
     strides of a fresh array (torch.compile guards on them: otherwise a second compilation)."""
     import torch
 
-    from neat_edge.runtimes.torch import canonical
+    from neat_edge.runtimes.torch_arrays import canonical
 
     class Recording(torch.nn.Module):
         def __init__(self, inner):

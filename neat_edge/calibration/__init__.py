@@ -9,8 +9,9 @@ coreml.py   Core ML weight compression through coremltools.optimize.coreml (line
 """
 
 from neat_edge.calibration.int8 import GROUPS, METHODS, Int8Options
-from neat_edge.calibration.plan import CalibrationPlan, calibrating, quantize_graph
+from neat_edge.calibration.plan import quantize_graph
 from neat_edge.calibration.reader import StreamCalibrationReader, read_calibration_files, stream_feeds
+from neat_edge.calibration.settings import CalibrationPlan, calibrating
 
 __all__ = ["CalibrationPlan", "GROUPS", "Int8Options", "METHODS", "StreamCalibrationReader", "calibrating",
            "quantize_graph", "read_calibration_files", "stream_feeds"]

@@ -1,6 +1,5 @@
-"""CalibrationPlan: what an int8 export is calibrated on and how its accuracy is measured, and
-quantize_graph: a GraphSource -> Q/DQ int8 ONNX + accuracy report (used by the ONNX int8 target and,
-through export/quantize.py, by the TensorRT int8 target).
+"""quantize_graph: a GraphSource -> Q/DQ int8 ONNX + accuracy report (used by the ONNX int8 target and,
+through export/quantize.py, by the TensorRT int8 target), as the CalibrationPlan (settings.py) says.
 
 The accuracy delta is measured the way users will see it: the fp32 ONNX graph and the int8 graph
 each score the same held-out stream through a Session (state carried, each graph feeding its own
@@ -9,68 +8,19 @@ next_state back), and the difference of their bits/byte is recorded in the bundl
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import sysconfig
-import textwrap
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 
-from neat_edge.calibration.int8 import Int8Options, quantize_static_qdq
-from neat_edge.calibration.reader import MAX_SEGMENTS, SEGMENTS_PER_FILE, StreamCalibrationReader
+from neat_edge.calibration.int8 import quantize_static_qdq
+from neat_edge.calibration.reader import StreamCalibrationReader
+from neat_edge.calibration.settings import CalibrationPlan
 from neat_edge.errors import NeatError
+from neat_edge.export.onnx import strict_onnx_program
+from neat_edge.export.precision import require_memory_ops
 from neat_edge.export.verify import bits_per_byte, read_corpus
-
-ACCURACY_SEGMENTS = 40  # as the parity check: 5 KiB of the held-out corpus for the tiny model
-_ACTIVE: contextvars.ContextVar[CalibrationPlan | None] = contextvars.ContextVar("neat_calibration_plan", default=None)
-
-
-def default_calibration_files() -> list[Path]:
-    """Without --calibration: real code and prose that every Python install has (CPython sources and
-    its pydoc topics), never the parity corpus (LICENSE.txt) on which the accuracy delta is measured."""
-    std = Path(sysconfig.get_paths()["stdlib"])
-    found = [p for p in (Path(textwrap.__file__), std / "argparse.py", std / "difflib.py", std / "pydoc_data" / "topics.py")
-             if p.is_file()]
-    return found or [Path(textwrap.__file__)]
-
-
-@dataclass
-class CalibrationPlan:
-    files: Sequence[str | Path] = field(default_factory=default_calibration_files)
-    options: Int8Options = field(default_factory=Int8Options)
-    segments_per_file: int = SEGMENTS_PER_FILE
-    max_segments: int = MAX_SEGMENTS
-    corpus: str | Path | None = None  # held-out text for the accuracy delta (default: the parity corpus)
-    accuracy_segments: int = ACCURACY_SEGMENTS
-    session_factory: Callable | None = None  # -> fp32 Session over the model (set by export_bundle)
-    reports: dict[str, dict] = field(default_factory=dict)  # graph stem -> calibration report
-
-    def settings(self) -> dict:
-        return {"files": [str(f) for f in self.files], "segments_per_file": self.segments_per_file,
-                "max_segments": self.max_segments, **self.options.to_dict()}
-
-    def manifest_entry(self) -> dict:
-        """The bundle manifest's `calibration`: settings and, per int8 graph, its report (accuracy)."""
-        return {**self.settings(), "graphs": self.reports}
-
-
-def active_plan() -> CalibrationPlan | None:
-    return _ACTIVE.get()
-
-
-@contextlib.contextmanager
-def calibrating(plan: CalibrationPlan):
-    """Make `plan` the one every int8 graph built inside this block uses (targets are built through a
-    fixed interface, GraphSource -> artifact, so the export's calibration settings travel here)."""
-    token = _ACTIVE.set(plan)
-    try:
-        yield plan
-    finally:
-        _ACTIVE.reset(token)
 
 
 def graph_bits_per_byte(session_factory: Callable, graph_path: Path, spec, data: bytes) -> float:
@@ -84,16 +34,12 @@ def graph_bits_per_byte(session_factory: Callable, graph_path: Path, spec, data:
 
 def _fp32_onnx(source, path: Path) -> None:
     """The fp32 graph with full node metadata (strict export: memory nodes are findable)."""
-    from neat_edge.export.onnx import strict_onnx_program
-
     onnx.save(strict_onnx_program(source).model_proto, str(path))
 
 
 def quantize_graph(source, work: Path, plan: CalibrationPlan) -> tuple[onnx.ModelProto, dict]:
     """GraphSource -> (Q/DQ int8 ONNX, report with the node plan and the bits/byte delta vs fp32)."""
     import logging
-
-    from neat_edge.export.precision import require_memory_ops
 
     if plan.session_factory is None:
         raise NeatError(f"int8 needs calibration data for graph '{source.spec.name}' (no session to run it)")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from neat_edge.calibration.plan import CalibrationPlan, active_plan, quantize_graph
+from neat_edge.calibration.plan import quantize_graph
+from neat_edge.calibration.settings import CalibrationPlan, active_plan
 from neat_edge.export.base import GraphSource, step_source
 from neat_edge.spec import GraphSpec
 

@@ -84,7 +84,7 @@ BATCH_MAX = 4096  # the largest batch an exported graph declares (ONNX); targets
 def step_source(model: NeatModel, spec: GraphSpec, patching=None) -> GraphSource:
     """patching = (entropy model, EntropyPatcher) for a model with entropy patching (calibration runs
     the model on real bytes, so it needs its patches)."""
-    from neat_edge.export.quantize import record_step_feeds
+    from neat_edge.calibration.recording import record_step_feeds
 
     cfg = model.cfg
     seg = cfg.segment_len
@@ -139,7 +139,7 @@ def decode_sources(model: NeatModel, patching=None, images: bool = False) -> lis
     """The decode graphs (model/decode.py) as GraphSources: only the batch axis is dynamic (every cache
     has a fixed size), so every target builds them as it builds the step graph. patching = (entropy
     model, patcher): its decode graphs too; images: the image head (MVoT)."""
-    from neat_edge.export.quantize import decode_calibration
+    from neat_edge.calibration.recording import decode_calibration
     from neat_edge.model.graphs import (
         DecodeGraph,
         DecodeSvfGraph,

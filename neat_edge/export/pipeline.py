@@ -83,7 +83,7 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
     no decode graphs (a bundle for scoring only; generation re-runs the step graph per byte)."""
     import contextlib
 
-    from neat_edge.calibration.plan import CalibrationPlan, calibrating
+    from neat_edge.calibration.settings import CalibrationPlan, calibrating
     from neat_edge.runtimes import open_model_session
 
     if precision == "int8":  # every int8 graph of this export calibrates through the model's own session

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from neat_edge.errors import NeatError
-from neat_edge.runtimes.session import as_tokens
+from neat_edge.runtimes.validation import as_tokens
 
 
 def generate_batch(session, prompts: list[bytes], max_new_bytes: int, temperature: float = 0.0,

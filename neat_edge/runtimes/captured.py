@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neat_edge.runtimes.torch import canonical
+from neat_edge.runtimes.torch_arrays import canonical
 from neat_edge.spec import CACHE_IN, CACHE_OUT, STATE_IN, SVF_IN, GraphSpec
 
 

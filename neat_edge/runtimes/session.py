@@ -24,19 +24,12 @@ from neat_edge.errors import NeatError
 from neat_edge.runtimes import validation
 from neat_edge.runtimes.backend import Backend
 from neat_edge.runtimes.patches import FixedPatches
+from neat_edge.runtimes.validation import as_tokens
 from neat_edge.spec import STATE_IN, STATE_OUT
 from neat_edge.tensorfile import DIGEST_KEY, read_tensors, write_tensors
 
 STATE_FORMAT = "neat-session-state/2"  # /2: the file carries a digest of its content (tensorfile.py)
 STATE_FORMATS = (STATE_FORMAT, "neat-session-state/1")  # /1 (no digest) is still read
-
-
-def as_tokens(data) -> np.ndarray:
-    """A stream piece as int64 tokens: bytes are bytes 0..255; an int array may also hold specials
-    (BOS, BOI, ...) and MVoT image tokens (IMAGE_BASE + code)."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return np.frombuffer(bytes(data), np.uint8).astype(np.int64)
-    return np.asarray(data, np.int64).reshape(-1)
 
 
 def join_stream(a, b):

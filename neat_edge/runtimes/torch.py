@@ -8,6 +8,7 @@ import torch
 from neat_edge.errors import NeatError
 from neat_edge.model.graphs import StepModule
 from neat_edge.model.neat import NeatModel
+from neat_edge.runtimes.torch_arrays import as_tensor
 from neat_edge.spec import GraphSpec, step_spec
 
 
@@ -23,25 +24,6 @@ class _TorchGraph:
         device = next(self.module.parameters()).device  # the module's own device (cpu or cuda)
         args = [as_tensor(feeds[n], device) for n in self.spec.input_names]
         return {n: t.cpu().numpy() for n, t in zip(self.spec.output_names, self.module(*args))}
-
-
-def as_tensor(value, device) -> torch.Tensor:
-    """A feed (numpy, or a tensor some decode graph left on the device) as a tensor on `device`."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    return torch.from_numpy(canonical(value)).to(device)
-
-
-def canonical(a: np.ndarray) -> np.ndarray:
-    """`a` with the strides of a fresh C-order array. A state output that is a view (a [1, W] slice) is
-    "contiguous" to numpy and torch alike whatever its size-1 dimension's stride says, but torch.compile
-    guards on that stride: fed back as the next step's input it forced a second compilation."""
-    a = np.ascontiguousarray(a)
-    strides, step = [], a.itemsize
-    for size in reversed(a.shape):
-        strides.append(step)
-        step *= size
-    return a if a.strides == tuple(reversed(strides)) else a.copy()
 
 
 def place(model: torch.nn.Module, device: str | None, backend) -> torch.nn.Module:

@@ -23,6 +23,14 @@ MAX_IMAGES = 1 << 16
 BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
+def as_tokens(data) -> np.ndarray:
+    """A stream piece as int64 tokens: bytes are bytes 0..255; an int array may also hold specials
+    (BOS, BOI, ...) and MVoT image tokens (IMAGE_BASE + code)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(bytes(data), np.uint8).astype(np.int64)
+    return np.asarray(data, np.int64).reshape(-1)
+
+
 def _int(value, name: str, low: int = 0, high: int | None = None) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise NeatError(f"{name} must be an integer, got {type(value).__name__}")

@@ -13,7 +13,8 @@ from neat_edge.tools.common import console, run_app
 def export_command(
     out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
     target: str = typer.Option("onnx", "--target", help="onnx, coreml, tensorrt, all (every target buildable "
-                               "here), or triton (a Triton Inference Server repository for a bundle)."),
+                               "here), triton (a Triton Inference Server repository for a bundle), or web (a static "
+                               "folder: ONNX Runtime Web + the neat.js runtime + a demo page; docs/web.md)."),
     precision: str | None = typer.Option(
         None, "--precision", help="fp32 | fp16 | int8 (onnx, tensorrt; calibrated) | coreml weight compression int8, "
                                   "palette4/6/8; default: onnx fp32, coreml and tensorrt fp16."),
@@ -33,7 +34,8 @@ def export_command(
     decode: bool = typer.Option(True, "--decode/--no-decode",
                                 help="Write the incremental-decoding graphs (--no-decode: a bundle for scoring only)."),
     bundle: Path | None = typer.Option(None, "--bundle", help="triton: the bundle to serve (default: export the "
-                                       "model to an ONNX bundle first, beside --out as OUT.bundle)."),
+                                       "model to an ONNX bundle first, beside --out as OUT.bundle); web: the ONNX "
+                                       "bundle to pack (default: export the model first)."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="triton: max_batch_size (streams per execution)."),
     instances: int = typer.Option(2, "--instances", min=1, help="triton: model instances per GPU (instance_group)."),
     idle_seconds: float = typer.Option(600.0, "--idle-seconds", min=1.0,
@@ -67,6 +69,10 @@ def export_command(
                          "  (configs not parsed: pip install -e \".[triton]\")"))
         for name, why in manifest["skipped"].items():
             console.print(f"not written: {name}: {why}")
+        return
+    if target == "web":  # a static folder a browser runs (export/web.py)
+        web_export(out, bundle, precision, checkpoint, preset_name, calibration, calibration_method,
+                   calibration_segments, verify=verify, corpus=corpus, segments=segments, tolerance=tolerance)
         return
     targets, not_built = select_targets(target, precision)
     if not targets:
@@ -105,6 +111,28 @@ def export_command(
                       f"(Δ {acc['bits_per_byte_delta']:+.4f}) on {acc['corpus']}")
     console.print(f"[green]bundle written:[/green] {out}")
     report_targets(manifest, out, target, not_built)
+
+
+def web_export(out: Path, bundle: Path | None, precision: str | None, checkpoint, preset_name, calibration,
+               calibration_method: str, calibration_segments: int, **options) -> None:
+    """--target web: pack --bundle, or export the model to an ONNX bundle in --precision first."""
+    from neat_edge.export.web import export_web
+    from neat_edge.model.checkpoint import load
+
+    precision = precision or "fp32"
+    if bundle is not None:
+        if checkpoint or preset_name or calibration:
+            raise NeatError("--bundle packs an exported bundle: --checkpoint, --preset and --calibration do not apply")
+        manifest = export_web(out, bundle=bundle, precision=precision, log=console.print)
+    else:
+        plan = calibration_plan(precision, calibration, calibration_method, calibration_segments, options["corpus"])
+        source = str(checkpoint) if checkpoint else (preset_name or "default")
+        model = load(source)
+        console.print(f"exporting [bold]{source}[/bold] ({model.cfg.name}) -> {out} (web, {precision})")
+        manifest = export_web(out, precision=precision, model=model, patching=patching_for(source, model),
+                              log=console.print, calibration=plan, **options)
+    console.print(f"[green]web folder written:[/green] {out} (onnxruntime-web {manifest['web']['onnxruntime_web']}); "
+                  f"serve it (python -m http.server -d {out}) and open http://localhost:8000/")
 
 
 def calibration_plan(precision, files, method: str, segments: int, corpus):

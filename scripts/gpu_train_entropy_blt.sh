@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 23, first GPU step, in ONE device call: an entropy model, then the tiny preset with entropy
-# patching (.gpu/tiny_blt.json: tiny + patching=entropy, target_patch_len=52, patch_pooling=cross,
+# Trains an entropy model, then the tiny preset with entropy patching on it, in ONE GPU device call (issue 23):
+# (.gpu/tiny_blt.json: tiny + patching=entropy, target_patch_len=52, patch_pooling=cross,
 # memory_chunks=4) on code + general-English prose (scripts/fetch_data.sh's corpus minus wordnet/).
 # The checkpoint is written straight into $OUT/blt (8 files, each < 16 MB), so whatever a cut-off call
 # had saved still comes back; the entropy model is copied there first (the BLT run adds patcher.json at

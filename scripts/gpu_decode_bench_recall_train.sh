@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU lease for issues 18 and 19, in back-to-back device calls (a machine goes back 30 s after a call,
-# and a training started with setsid runs on between calls while it is held):
+# The decode benchmark, then a recall training (issues 18 and 19), in back-to-back GPU device calls
+# (a machine goes back 30 s after a call, and a training started with setsid runs on between calls while it is held):
 #   STAGE=start   carried wheels + data unpacked; the decode benchmark (scripts/gpu_decode_bench.py) ->
 #                 $OUT/decode_bench.json; then the recall training (issue 19's recipe) started in the
 #                 background, writing to /tmp/runs/recall (resumable: --resume continues it); waits

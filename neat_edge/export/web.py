@@ -1,0 +1,172 @@
+"""`neat-export --target web`: a bundle as a static folder a browser runs (ONNX Runtime Web + neat.js).
+
+The folder is a bundle (neat.json at its top, the graphs, the initial state, the experts: Python's
+open_session reads it as it reads any bundle) plus what a page needs to run it with no registry and no
+server logic: ONNX Runtime Web's JavaScript and WebAssembly files, copied from the pinned npm package
+(neat_edge/web/package.json + package-lock.json), the ES-module runtime (neat.js and the modules it
+imports) and a demo page (index.html). What the browser does not need is left out: the PyTorch checkpoint
+(10 MB the page would download and hash for nothing), other targets' artifacts, and any decode graph
+other than the plain-op ONNX ones (fused contrib-op graphs are ONNX Runtime CPU's, not ONNX Runtime
+Web's). The manifest is rewritten to name exactly the files copied, each with its sha256, so the JS
+runtime's checks are the Python reader's checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from neat_edge.bundle import MANIFEST, open_bundle
+from neat_edge.errors import NeatError
+from neat_edge.export.bundle import install_bundle, staging_dir
+from neat_edge.fileio import atomic_write_json, sha256_file
+from neat_edge.manifest import manifest_paths
+
+WEB_SOURCES = Path(__file__).resolve().parent.parent / "web"  # neat.js & co, index.html, package.json
+RUNTIME_FILES = ("neat.js", "bundle.js", "safetensors.js", "decoding.js", "dispatch.js", "sampling.js", "onnx_edit.js",
+                 "index.html", "demo.js")
+# ONNX Runtime Web: one module + one WebAssembly build per backend (wasm: the plain build; webgpu: the
+# asyncify build with the WebGPU execution provider). Nothing else of the package's dist/ is loaded.
+ORT_FILES = {"wasm": ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"),
+             "webgpu": ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs",
+                        "ort-wasm-simd-threaded.asyncify.wasm")}
+ORT_DIR = "ort"
+GRAPH_TARGET = "onnx"  # the plain-op ONNX graphs: what ONNX Runtime Web runs
+# the decode graphs neat.js runs (model/graphs.py's); any other entry (a fused variant for one runtime) stays out
+DECODE_GRAPHS = frozenset({"decode_svf", "decode_start", "decode_byte", "decode_patch", "decode_commit", "decode_chunk",
+                           "decode_image_head", "entropy_decode_start", "entropy_decode_byte"})
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when it is below it (neat_edge/web from a checkout's root)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def onnxruntime_web(sources: Path = WEB_SOURCES) -> tuple[Path, str]:
+    """(dist folder, version) of the installed, pinned onnxruntime-web; one clear error when it is absent
+    or is not the version package-lock.json pins."""
+    hint = f"npm ci --prefix {shown(sources)}"
+    lock = json.loads((sources / "package-lock.json").read_text())
+    pinned = lock["packages"]["node_modules/onnxruntime-web"]["version"]
+    package = sources / "node_modules" / "onnxruntime-web"
+    try:
+        installed = json.loads((package / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        raise NeatError(f"ONNX Runtime Web is not installed (the web target copies its files): run `{hint}` "
+                        f"(onnxruntime-web {pinned}, pinned in its package-lock.json)") from None
+    if installed != pinned:
+        raise NeatError(f"onnxruntime-web {installed} is installed, package-lock.json pins {pinned}: run `{hint}`")
+    dist = package / "dist"
+    missing = [f for files in ORT_FILES.values() for f in files if not (dist / f).is_file()]
+    if missing:
+        raise NeatError(f"onnxruntime-web {installed} lacks {', '.join(missing)}: run `{hint}`")
+    return dist, installed
+
+
+def web_manifest(manifest: dict, precision: str, bundle_dir: Path) -> dict:
+    """The manifest of the web folder: the ONNX graphs only (step, decode, entropy, image), in `precision`;
+    no checkpoint files; `files` exactly the files those sections name."""
+    graphs = manifest.get("graphs", {})
+    if GRAPH_TARGET not in graphs:
+        raise NeatError(f"bundle {bundle_dir} has no ONNX graph (it has: {', '.join(graphs) or 'none'}): "
+                        "export it with --target onnx first")
+    have = graphs[GRAPH_TARGET].get("precision")
+    if have != precision:
+        raise NeatError(f"bundle {bundle_dir} holds {have} ONNX graphs, not {precision}: export one with "
+                        f"`neat-export --target onnx --precision {precision}`, or leave --bundle out")
+    out = copy.deepcopy(manifest)
+    out["graphs"] = {GRAPH_TARGET: out["graphs"][GRAPH_TARGET]}
+    decode = out.get("decode")
+    if decode is not None:
+        if GRAPH_TARGET not in decode.get("graphs", {}):
+            raise NeatError(f"bundle {bundle_dir} has decode graphs, but none in plain ONNX ops: re-export it")
+        decode["graphs"] = {GRAPH_TARGET: {name: entry for name, entry in decode["graphs"][GRAPH_TARGET].items()
+                                           if name in DECODE_GRAPHS}}
+    for section in ("patching", "images"):
+        part = out.get(section)
+        if isinstance(part, dict) and "graphs" in part:
+            if GRAPH_TARGET not in part["graphs"]:
+                raise NeatError(f"bundle {bundle_dir}: its {section} graphs have no ONNX one: re-export it")
+            part["graphs"] = {GRAPH_TARGET: part["graphs"][GRAPH_TARGET]}
+    named = {rel for field, rel in manifest_paths({**out, "files": {}}, bundle_dir / MANIFEST)
+             if field != "checkpoint"}
+    listed = manifest.get("files", {})
+    unlisted = sorted(named - set(listed))
+    if unlisted:
+        raise NeatError(f"bundle {bundle_dir}: {unlisted[0]} is not covered by the manifest's checksums")
+    out["files"] = {rel: listed[rel] for rel in sorted(named)}
+    return out
+
+
+def check_plain_ops(path: Path, rel: str) -> None:
+    """Only the standard ONNX domain: contrib ops (com.microsoft fusions) are ONNX Runtime CPU's."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    other = sorted({f"{n.domain}.{n.op_type}" for n in nodes if n.domain not in ("", "ai.onnx")})
+    if other:
+        raise NeatError(f"{rel} uses {', '.join(other[:3])}, which ONNX Runtime Web lacks: the web target needs the "
+                        "plain-op ONNX graphs (re-export the bundle with --target onnx)")
+
+
+def write_web(bundle_dir: str | Path, out: str | Path, precision: str = "fp32", log=print) -> dict:
+    """The web folder for a bundle at `out` (written beside it, then moved into place): returns its manifest."""
+    bundle_dir, out = Path(bundle_dir), Path(out)
+    dist, version = onnxruntime_web()
+    bundle = open_bundle(bundle_dir)  # every check and checksum of the Python reader, before anything is copied
+    manifest = web_manifest(bundle.manifest, precision, bundle_dir)
+    config = bundle.config
+    # what the JS runtime cannot derive from the config dict itself: the exact JSON the fingerprint and
+    # the model id hash (Python's float formatting), and two properties of NeatConfig
+    manifest["web"] = {"onnxruntime_web": version, "precision": precision, "runtime": list(RUNTIME_FILES),
+                       "config_json": config.to_json(), "vocab_size": config.vocab_size,
+                       "max_patches_per_segment": config.max_patches_per_segment}
+    staged = staging_dir(out)
+    try:
+        for rel, digest in manifest["files"].items():
+            target = staged / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle.file(rel, f"files.{rel}"), target)
+            if rel.endswith(".onnx"):
+                check_plain_ops(target, rel)
+            if sha256_file(target) != digest:  # the file changed between the check and the copy
+                raise NeatError(f"bundle {bundle_dir}: {rel} changed while it was copied")
+        for name in RUNTIME_FILES:
+            shutil.copyfile(WEB_SOURCES / name, staged / name)
+        (staged / ORT_DIR).mkdir()
+        for name in sorted({f for files in ORT_FILES.values() for f in files}):
+            shutil.copyfile(dist / name, staged / ORT_DIR / name)
+        atomic_write_json(staged / MANIFEST, manifest)
+        open_bundle(staged)  # what was written reads back as a bundle
+        install_bundle(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
+    log(f"web: {out} ({size:.1f} MB: {len(manifest['files'])} bundle files, onnxruntime-web {version})")
+    return manifest
+
+
+def export_web(out: str | Path, bundle: str | Path | None = None, precision: str = "fp32", model=None,
+               patching=None, log=print, **export_options) -> dict:
+    """--target web: from `bundle`, or from `model` exported to a temporary ONNX bundle in `precision`."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise NeatError(f"target 'web' has no precision '{precision}' (choose from fp32, fp16, int8)")
+    onnxruntime_web()  # a missing npm install is found before a minutes-long export, not after
+    if bundle is not None:
+        return write_web(bundle, out, precision, log)
+    from neat_edge.export.pipeline import export_bundle
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
+        source = Path(work) / "bundle"
+        export_bundle(model, source, ("onnx",), log=log, patching=patching, precision=precision, **export_options)
+        return write_web(source, out, precision, log)

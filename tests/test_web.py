@@ -1,0 +1,290 @@
+"""`neat-export --target web` in a real browser: headless Debian chromium driven by Playwright opens the
+exported page from a local server and runs neat.js against the Python session on ONNX Runtime (same
+bundle, same bytes): greedy generation and scores, state files both ways, the page's IndexedDB memory
+across a reload, and tampered bundles refused by both readers."""
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neat_edge.errors import NeatError
+from neat_edge.export.web import WEB_SOURCES, export_web, onnxruntime_web
+from neat_edge.runtimes import open_session
+from neat_edge.tools.web_server import serving
+
+CHROMIUM = Path("/usr/bin/chromium")
+# a quiet, offline headless browser: nothing it does reaches outside 127.0.0.1
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+TOL = 1e-4
+
+
+def test_missing_onnxruntime_web_is_one_clear_error(tmp_path):
+    shutil.copy(WEB_SOURCES / "package-lock.json", tmp_path)
+    with pytest.raises(NeatError, match=rf"not installed .*npm ci --prefix {tmp_path}"):
+        onnxruntime_web(tmp_path)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--precision", "fp16"], "holds fp32 ONNX graphs, not fp16"),
+    (["--preset", "tiny"], "--bundle packs an exported bundle"),
+])
+def test_web_export_errors_are_one_line(bundle_dir, tmp_path, monkeypatch, capsys, args, needle):
+    from neat_edge.tools.export_cli import main
+    from tests.test_cli import inprocess_error
+
+    argv = ["neat-export", "--target", "web", "--bundle", str(bundle_dir), "--out", str(tmp_path / "site"), *args]
+    assert needle in inprocess_error(main, argv, monkeypatch, capsys)
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.fixture(scope="module")
+def web_dir(bundle_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("web") / "site"
+    export_web(out, bundle=bundle_dir, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium): no browser to test in")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="Playwright for Python is not installed (pip install -e '.[web]')")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def site(web_dir):
+    with serving(web_dir) as url:
+        yield url
+
+
+def open_page(browser, url, context=None):
+    """The demo page at `url`, its session open (window.neatDemo)."""
+    page = (context or browser.new_context()).new_page()
+    page.set_default_timeout(240_000)
+    page.goto(url + "index.html")
+    page.evaluate("() => window.neatDemo.ready")
+    return page
+
+
+JS_STREAM = """async ([prompt, n]) => {
+  const s = window.neatDemo.session; s.reset();
+  const bytes = [], logprobs = [];
+  for await (const [b, lp] of s.stream(Uint8Array.from(prompt), n)) { bytes.push(b); logprobs.push(lp); }
+  return [bytes, logprobs, s.position]; }"""
+
+
+def test_greedy_generation_and_scores_match_python(browser, site, web_dir, corpus):
+    """≥ 512 greedy bytes across several segment boundaries: the same bytes as the Python session on ONNX
+    Runtime, their log-probs within 1e-4; score() of a stream the same way."""
+    page = open_page(browser, site)
+    prompt, n = corpus[:200], 600  # 200 + 600 bytes: six segments of 128 committed along the way
+    js_bytes, js_logprobs, position = page.evaluate(JS_STREAM, [list(prompt), n])
+    py = open_session(web_dir, "onnxruntime", threads=1)
+    py_bytes, py_logprobs = py.generate(prompt, n, return_logprobs=True)
+    assert position == len(prompt) + n == py.position
+    assert bytes(js_bytes) == py_bytes
+    assert np.max(np.abs(np.array(js_logprobs) - py_logprobs)) <= TOL
+    text = corpus[1000:1300]
+    js_scores = page.evaluate("async (t) => { const s = window.neatDemo.session; s.reset(); "
+                              "return Array.from(await s.score(Uint8Array.from(t))); }", list(text))
+    py.reset()
+    assert np.max(np.abs(np.array(js_scores) - py.score(text))) <= TOL
+    page.context.close()
+
+
+JS_SAVE = """async (data) => { const s = window.neatDemo.session; s.reset(); await s.score(Uint8Array.from(data));
+  const file = await s.saveState(); let text = ""; for (const b of file) text += String.fromCharCode(b);
+  return [btoa(text), Array.from(await s.nextByteLogprobs())]; }"""
+JS_LOAD = """async (b64) => { const s = window.neatDemo.session;
+  const file = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  try { await s.loadState(file); } catch (e) { return [e.name, e.message]; }
+  return [s.position, Array.from(await s.nextByteLogprobs())]; }"""
+
+
+def test_state_files_cross_between_browser_and_python(browser, site, web_dir, corpus, tmp_path):
+    """saveState in the page -> load_state in Python gives the same next-byte distribution, and back;
+    a state file with one flipped byte is refused by its digest."""
+    page = open_page(browser, site)
+    b64, js_next = page.evaluate(JS_SAVE, list(corpus[:300]))  # two committed segments + 44 pending bytes
+    state = tmp_path / "from_browser.safetensors"
+    state.write_bytes(base64.b64decode(b64))
+    py = open_session(web_dir, "onnxruntime", threads=1)
+    py.load_state(state)
+    assert py.position == 300
+    assert np.max(np.abs(py.next_byte_logprobs() - np.array(js_next))) <= TOL
+    py.score(corpus[300:500])  # the Python side moves the stream on (one more commit), then hands it back
+    back = tmp_path / "from_python.safetensors"
+    py.save_state(back)
+    position, js_after = page.evaluate(JS_LOAD, base64.b64encode(back.read_bytes()).decode())
+    assert position == 500
+    assert np.max(np.abs(np.array(js_after) - py.next_byte_logprobs())) <= TOL
+    flipped = bytearray(back.read_bytes())
+    flipped[-3] ^= 0x01
+    name, message = page.evaluate(JS_LOAD, base64.b64encode(bytes(flipped)).decode())
+    assert name == "NeatError" and "does not match its digest" in message
+    page.context.close()
+
+
+def test_page_reload_restores_memory_from_indexeddb(browser, site):
+    """The demo page saves the stream after a generation; a reload loads it back (memory and all);
+    "Forget" clears it."""
+    context = browser.new_context()
+    page = open_page(browser, site, context)
+    assert page.evaluate("() => window.neatDemo.restored") is False
+    prompt = "The memory of this page outlives a reload. " * 4  # 172 bytes: one committed segment
+    page.fill("#prompt", prompt)
+    page.fill("#count", "40")
+    page.click("#generate")
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('saved to IndexedDB')")
+    before = page.evaluate("async () => { const s = window.neatDemo.session; "
+                           "return [s.position, Array.from(await s.nextByteLogprobs())]; }")
+    assert before[0] == len(prompt.encode()) + 40
+    page.reload()
+    page.evaluate("() => window.neatDemo.ready")
+    assert page.evaluate("() => window.neatDemo.restored") is True
+    after = page.evaluate("async () => { const s = window.neatDemo.session; "
+                          "return [s.position, Array.from(await s.nextByteLogprobs())]; }")
+    assert after[0] == before[0]
+    assert np.max(np.abs(np.array(after[1]) - np.array(before[1]))) <= 1e-6
+    assert "memory restored from IndexedDB" in page.text_content("#status")
+    page.click("#forget")
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('forgotten')")
+    page.reload()
+    page.evaluate("() => window.neatDemo.ready")
+    assert page.evaluate("() => [window.neatDemo.restored, window.neatDemo.session.position]") == [False, 0]
+    context.close()
+
+
+def edit_manifest(folder: Path, edit) -> None:
+    manifest = json.loads((folder / "neat.json").read_text())
+    edit(manifest)
+    (folder / "neat.json").write_text(json.dumps(manifest))
+
+
+def flip_byte(folder: Path) -> str:
+    data = bytearray((folder / "decode_byte.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (folder / "decode_byte.onnx").write_bytes(bytes(data))
+    return "decode_byte.onnx differs from the manifest (sha256 mismatch)"
+
+
+def path_outside(folder: Path) -> str:
+    edit_manifest(folder, lambda m: m["graphs"]["onnx"].update(file="../step.onnx"))
+    return "a path outside the bundle: refused"
+
+
+def absolute_path(folder: Path) -> str:
+    edit_manifest(folder, lambda m: m["experts"][0].update(file="/etc/passwd"))
+    return "a path outside the bundle: refused"
+
+
+def listed_outside(folder: Path) -> str:
+    edit_manifest(folder, lambda m: m["files"].update({"experts/../../outside.bin": "0" * 64}))
+    return "a path outside the bundle: refused"
+
+
+def unlisted_graph(folder: Path) -> str:
+    edit_manifest(folder, lambda m: m["files"].pop("decode_byte.onnx"))
+    return "decode_byte.onnx is not listed in the manifest's checksums (an unverified file): refused"
+
+
+def other_graph_resigned(folder: Path) -> str:
+    """step.onnx replaced by another graph, the checksums re-signed: its inputs give it away"""
+    (folder / "step.onnx").write_bytes((folder / "image_decoder.onnx").read_bytes())
+    digest = hashlib.sha256((folder / "step.onnx").read_bytes()).hexdigest()
+    edit_manifest(folder, lambda m: m["files"].update({"step.onnx": digest}))
+    return "disagrees with the manifest"
+
+
+def bad_digest(folder: Path) -> str:
+    edit_manifest(folder, lambda m: m["files"].update({"step.onnx": "not a digest"}))
+    return "'files.step.onnx' must be a sha256 digest"
+
+
+def future_version(folder: Path) -> str:
+    edit_manifest(folder, lambda m: m.update(format_version=2))
+    return "has format version 2"
+
+
+@pytest.mark.parametrize("tamper", [flip_byte, path_outside, absolute_path, listed_outside, unlisted_graph,
+                                    other_graph_resigned, bad_digest, future_version])
+def test_tampered_bundles_are_refused_in_the_browser(browser, web_dir, tmp_path, tamper):
+    """Both readers refuse the same hostile bundle with one clear error, the page before it runs anything."""
+    folder = tmp_path / "site"
+    shutil.copytree(web_dir, folder)
+    why = tamper(folder)
+    with pytest.raises(NeatError, match=re.escape(why)):
+        open_session(folder, "onnxruntime", threads=1).generate(b"x", 1)  # the decode graphs are opened lazily
+    with serving(folder) as url:
+        page = browser.new_context().new_page()
+        page.goto(url + "index.html")
+        name, message = page.evaluate("async () => { try { await window.neatDemo.ready; return ['opened', '']; } "
+                                      "catch (e) { return [e.name, e.message]; } }")
+        assert name == "NeatError" and why in message
+        assert page.text_content("#status") == f"error: {message}"
+        page.context.close()
+
+
+JS_DISPATCH = """async ([prompt, strategy, text]) => {
+  const s = window.neatDemo.session; s.reset(); await s.score(Uint8Array.from(prompt.slice(0, 150)));
+  const result = await s.dispatch(Uint8Array.from(prompt), strategy, 400);
+  const scores = await s.score(Uint8Array.from(text));
+  const next = [];
+  for await (const [b, lp] of s.stream(new Uint8Array(0), 140)) next.push(lp);  // the decode graphs at this z
+  return [result.weights, result.pass1Bytes, Array.from(scores), next]; }"""
+
+
+@pytest.mark.parametrize("strategy", ["classifier", pytest.param("expert:prose=0.3,python=0.7", marks=pytest.mark.slow)])
+def test_two_pass_dispatch_matches_python(browser, site, web_dir, corpus, strategy):
+    """Transformer² in the page: the expert mixture pass 1 chooses (the dispatch head, or fixed weights of
+    the bundle's experts), then scores and decoding at that z: all as the Python session's."""
+    page = open_page(browser, site)
+    prompt, text = corpus[2000:2600], corpus[3000:3200]
+    weights, seen, scores, logprobs = page.evaluate(JS_DISPATCH, [list(prompt), strategy, list(text)])
+    py = open_session(web_dir, "onnxruntime", threads=1)
+    py.score(prompt[:150])
+    result = py.dispatch(prompt, strategy, max_bytes=400)
+    assert weights.keys() == result.weights.keys() and seen == result.pass1_bytes
+    assert all(abs(weights[k] - w) <= 1e-5 for k, w in result.weights.items())
+    assert np.max(np.abs(np.array(scores) - py.score(text))) <= TOL
+    _, py_logprobs = py.generate(b"", 140, return_logprobs=True)
+    assert np.max(np.abs(np.array(logprobs) - py_logprobs)) <= TOL
+    page.context.close()
+
+
+@pytest.mark.slow
+def test_entropy_patching_and_memory_chunks_match_python(browser, corpus, tmp_path):
+    """A micro BLT (entropy patching: the entropy model's graphs beside the step and decode graphs; memory
+    written in two chunks per segment, MAG window): generation, scores and a state file as Python's."""
+    from neat_edge.export.pipeline import export_bundle
+    from tests.test_decoding import micro_model
+
+    model, patching = micro_model("mag", "entropy", corpus)
+    export_bundle(model, tmp_path / "bundle", log=lambda *_: None, patching=patching, segments=8)
+    export_web(tmp_path / "site", bundle=tmp_path / "bundle", log=lambda *_: None)
+    py = open_session(tmp_path / "site", "onnxruntime", threads=1)
+    prompt, n = corpus[:50], 200  # segments of 32 bytes: seven commits, patches closed by the entropy model
+    py_bytes, py_logprobs = py.generate(prompt, n, return_logprobs=True)
+    with serving(tmp_path / "site") as url:
+        page = open_page(browser, url)
+        js_bytes, js_logprobs, _ = page.evaluate(JS_STREAM, [list(prompt), n])
+        assert bytes(js_bytes) == py_bytes
+        assert np.max(np.abs(np.array(js_logprobs) - py_logprobs)) <= TOL
+        b64, js_next = page.evaluate(JS_SAVE, list(corpus[100:180]))
+        state = tmp_path / "state.safetensors"
+        state.write_bytes(base64.b64decode(b64))
+        py.load_state(state)
+        assert np.max(np.abs(py.next_byte_logprobs() - np.array(js_next))) <= TOL
+        page.context.close()
