@@ -20,15 +20,19 @@ FORBIDDEN = {
 }
 
 
-def imported_rooms(path: Path) -> set[str]:
-    """neat_edge rooms a file imports (imports only for type checkers, under `if TYPE_CHECKING:`, aside)."""
+def import_nodes(path: Path):
+    """Every import statement of a file, anywhere in it, but those only for type checkers (under
+    `if TYPE_CHECKING:`)."""
     tree = ast.parse(path.read_text())
     typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
                    and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in typing_only]
+
+
+def imported_rooms(path: Path) -> set[str]:
+    """neat_edge rooms a file imports (imports only for type checkers aside)."""
     rooms = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in import_nodes(path):
         names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
             [a.name for a in node.names] if isinstance(node, ast.Import) else []
         for name in names:
@@ -70,13 +74,8 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
     """neat_edge modules a file imports anywhere in it (inside functions too: a deferred import is still
     a dependency, and deferring one is no way out of a circle); `from pkg import name` counts as
     pkg.name when that is a module. Imports under `if TYPE_CHECKING:` aside."""
-    tree = ast.parse(path.read_text())
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in import_nodes(path):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
                       for a in node.names}
