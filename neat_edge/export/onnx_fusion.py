@@ -1,0 +1,173 @@
+"""Decode graphs for ONNX Runtime's CPU: the plain graphs (export/onnx.py) rewritten where a measurement
+said a step spent its time (docs/decode_speed.md).
+
+A decode step writes one row into each fixed-size cache. The plain graphs do it as model/layers.py's
+write_slot does: Where(one-hot of the slot, row, cache), a graph that TensorRT, Core ML and the browser
+run as it is. On ONNX Runtime's CPU that Where is an element-wise pass with broadcasting over the whole
+cache, ~20 µs for a 20 k-float cache, and a decode_byte step writes eight caches: about half its time.
+ScatterElements copies the cache (one memcpy) and writes the row: ~5 µs, and the values are the same
+bits (a copy either way). This module finds every write_slot in a graph by its exported form,
+
+    Where(Reshape?(Equal(arange(T), Unsqueeze(slot, [1])) [And Unsqueeze(enable, [1])]), rows, cache)
+
+and replaces it with ScatterElements(cache, slot expanded to the row's shape, rows) on the cache's time
+axis (with `enable`: the row a disabled stream writes is the one its cache already holds, GatherElements).
+A Where whose rows are not exactly the cache's shape with one row on the axis is left as it is, so a
+pattern that merely looks alike is never changed. Everything else in the graph stays; ONNX Runtime's own
+optimiser fuses what it knows (SimplifiedLayerNormalization, FusedMatMul, Gelu) when it loads the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+FUSED_SUFFIX = ".cpu.onnx"  # decode_byte.onnx -> decode_byte.cpu.onnx
+PASSES = ("scatter_cache_writes",)
+
+
+class _Graph:
+    """Producers, constants and static shapes of one ONNX graph, for pattern matching."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model, self.graph = model, model.graph
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.consts = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
+        for n in self.graph.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+        self.shapes = {}
+        for v in (*inferred.value_info, *inferred.input, *inferred.output):
+            dims = v.type.tensor_type.shape.dim
+            self.shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims)
+        self._n = 0
+
+    def op(self, name: str, op_type: str):
+        node = self.producer.get(name)
+        return node if node is not None and node.op_type == op_type else None
+
+    def fresh(self, stem: str) -> str:
+        self._n += 1
+        return f"fusion/{stem}_{self._n}"
+
+    def const(self, stem: str, value: np.ndarray) -> str:
+        name = self.fresh(stem)
+        self.graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+
+def _slot_of(g: _Graph, equal) -> str | None:
+    """Equal(arange(T), Unsqueeze(slot, [1])) (either order) -> the slot [B], else None."""
+    for a, b in (equal.input, reversed(equal.input)):
+        arange = g.consts.get(a)
+        unsq = g.op(b, "Unsqueeze")
+        if arange is None or unsq is None or arange.ndim != 1 or not np.array_equal(arange, np.arange(len(arange))):
+            continue
+        axes = g.consts.get(unsq.input[1]) if len(unsq.input) > 1 else None
+        if axes is not None and axes.tolist() == [1]:
+            return unsq.input[0]
+    return None
+
+
+def _match_write(g: _Graph, where) -> tuple[str, str | None, int] | None:
+    """A write_slot Where -> (slot, enable or None, axis), else None."""
+    cond, rows, cache = where.input
+    reshape = g.op(cond, "Reshape")
+    hit = reshape.input[0] if reshape is not None else cond
+    enable, equal = None, g.op(hit, "Equal")
+    both = g.op(hit, "And")
+    if both is not None:
+        for a, b in (both.input, reversed(both.input)):
+            unsq = g.op(b, "Unsqueeze")
+            if g.op(a, "Equal") is not None and unsq is not None and g.consts.get(unsq.input[1], np.zeros(0)).tolist() == [1]:
+                equal, enable = g.op(a, "Equal"), unsq.input[0]
+                break
+    if equal is None:
+        return None
+    slot = _slot_of(g, equal)
+    cache_shape, row_shape = g.shapes.get(cache), g.shapes.get(rows)
+    if slot is None or cache_shape is None or row_shape is None or len(cache_shape) != len(row_shape):
+        return None
+    if reshape is not None:
+        target = g.consts.get(reshape.input[1])
+        if target is None or len(target) != len(cache_shape):
+            return None
+        axes = [i for i in range(1, len(target)) if target[i] != 1]
+    else:  # [B, T] written on axis 1
+        axes = [1] if len(cache_shape) == 2 else []
+    if len(axes) != 1:
+        return None
+    axis = axes[0]
+    # rows must be the cache's shape with one row on the axis (no broadcasting: Scatter needs it exact)
+    want = tuple(1 if i == axis else d for i, d in enumerate(cache_shape))
+    if any(isinstance(d, int) and d > 0 and d != r for d, r in zip(want[1:], row_shape[1:])) or row_shape[axis] != 1 \
+            or any(not isinstance(r, int) for r in row_shape[1:]):
+        return None
+    return slot, enable, axis
+
+
+def scatter_cache_writes(model: onnx.ModelProto) -> int:
+    """Every write_slot Where -> ScatterElements (in place in `model`); returns how many were rewritten."""
+    g = _Graph(model)
+    nodes, rewritten, shared = [], 0, {}
+    for node in g.graph.node:
+        match = _match_write(g, node) if node.op_type == "Where" else None
+        if match is None:
+            nodes.append(node)
+            continue
+        slot, enable, axis = match
+        _, rows, cache = node.input
+        rank = len(g.shapes[cache])
+        shape = shared.get(("shape", rank))
+        if shape is None:
+            shape = shared[("shape", rank)] = g.const("row_shape", np.array([-1] + [1] * (rank - 1), np.int64))
+        # one index per (slot, row shape): the k and v caches of a layer share it
+        key = (slot, g.shapes[rows][1:])
+        index = shared.get(key)
+        if index is None:
+            index = shared[key] = g.fresh("index")
+            row_dims = g.fresh("row_dims")
+            nodes += [helper.make_node("Reshape", [slot, shape], [index + "_b"]),
+                      helper.make_node("Shape", [rows], [row_dims]),
+                      helper.make_node("Expand", [index + "_b", row_dims], [index])]
+        if enable is not None:  # a stream whose write is disabled writes back the row it already has
+            flag = shared.get(("enable", enable, rank))
+            if flag is None:
+                flag = shared[("enable", enable, rank)] = g.fresh("enable")
+                nodes.append(helper.make_node("Reshape", [enable, shape], [flag]))
+            kept = g.fresh("kept")
+            nodes += [helper.make_node("GatherElements", [cache, index], [kept], axis=axis),
+                      helper.make_node("Where", [flag, rows, kept], [kept + "_rows"])]
+            rows = kept + "_rows"
+        nodes.append(helper.make_node("ScatterElements", [cache, index, rows], list(node.output), axis=axis,
+                                      name=g.fresh((node.name or "write") + "/scatter")))
+        rewritten += 1
+    del g.graph.node[:]
+    g.graph.node.extend(nodes)
+    _drop_dead_nodes(model)
+    return rewritten
+
+
+def _drop_dead_nodes(model: onnx.ModelProto) -> None:
+    """Nodes whose outputs nothing reads (the one-hot masks a rewrite left), and unread initializers."""
+    graph = model.graph
+    live = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(o in live for o in node.output):
+            kept.append(node)
+            live.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    unread = [i for i in graph.initializer if i.name not in live]
+    for i in unread:
+        graph.initializer.remove(i)
+
+
+def fuse_decode_graph(model: onnx.ModelProto) -> dict:
+    """All passes on one decode graph (in place): what each did, for the manifest."""
+    before = len(model.graph.node)
+    report = {"scatter_cache_writes": scatter_cache_writes(model)}
+    return {"passes": report, "nodes_before": before, "nodes": len(model.graph.node)}
