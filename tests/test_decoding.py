@@ -190,6 +190,7 @@ def test_onnxruntime_generation_equals_segment_step(arch, patching, corpus, tmp_
     cpu = {name: g["cpu"] for name, g in manifest["decode"]["graphs"]["onnx"].items() if "cpu" in g}
     assert {"decode_start", "decode_byte", "decode_patch", "decode_commit"} <= set(cpu)  # the CPU rewrites run here
     assert all(Path(b.path).name == cpu[n]["file"] for n, b in session.decode_graphs.graphs.items() if n in cpu)
+    assert "next_cache.enc.0.k" in session.decode_graphs.graphs["decode_byte"].in_place  # past/present shared
     # 64 chained segments on the CPU rewrites (micro segments: 32 bytes); then the plain graphs, as every other
     # runtime runs them
     assert_generation_matches_segment_step(session, corpus[:PROMPT_BYTES], n=64 * 32 if arch == "mac" else GENERATED)
@@ -328,3 +329,27 @@ def test_cpu_rewrite_turns_cache_writes_into_scatters_and_leaves_look_alikes():
         np.testing.assert_array_equal(a, b)  # the same bits: a copy and one row, either way
     look_alike = graph(1)  # the row broadcasts over the heads: not a one-row write, left alone
     assert fuse_decode_graph(look_alike)["passes"]["scatter_cache_writes"] == 0
+
+
+def test_in_place_cache_outputs_are_only_those_nothing_reads_later():
+    """A cache written by a scatter straight from its input may share the input's buffer (past/present
+    sharing) only when every other reader of that input runs before the scatter."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    from neat_edge.export.onnx_fusion import in_place_outputs
+
+    def graph(read_after: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node("GatherElements", ["cache.x", "index"], ["row_old"], axis=1),
+                 helper.make_node("Add", ["row_old", "row"], ["row_new"]),
+                 helper.make_node("ScatterElements", ["cache.x", "index", "row_new"], ["next_cache.x"], axis=1)]
+        outs = [helper.make_tensor_value_info("next_cache.x", T.FLOAT, [1, 4])]
+        if read_after:  # reads the input after the scatter may have written it: not in place
+            nodes.append(helper.make_node("Mul", ["cache.x", "next_cache.x"], ["later"]))
+            outs.append(helper.make_tensor_value_info("later", T.FLOAT, [1, 4]))
+        io = [helper.make_tensor_value_info("cache.x", T.FLOAT, [1, 4]), helper.make_tensor_value_info("row", T.FLOAT, [1, 1])]
+        return helper.make_model(helper.make_graph(nodes, "g", io, outs,
+                                                   [numpy_helper.from_array(np.array([[2]], np.int64), "index")]))
+
+    assert in_place_outputs(graph(False)) == ["next_cache.x"]
+    assert in_place_outputs(graph(True)) == []

@@ -24,7 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 FUSED_SUFFIX = ".cpu.onnx"  # decode_byte.onnx -> decode_byte.cpu.onnx
-PASSES = ("scatter_cache_writes",)
+PASSES = ("scatter_cache_writes", "unit_transposes_as_reshapes")
 
 
 class _Graph:
@@ -150,6 +150,30 @@ def scatter_cache_writes(model: onnx.ModelProto) -> int:
     return rewritten
 
 
+def unit_transposes_as_reshapes(model: onnx.ModelProto) -> int:
+    """A Transpose that moves only axes of size 1 (one patch, one position: [B,1,H,D] -> [B,H,1,D]) moves
+    no data: it becomes a Reshape (a view in ONNX Runtime, no copy). Returns how many were rewritten."""
+    g = _Graph(model)
+    rewritten = 0
+    for node in g.graph.node:
+        if node.op_type != "Transpose" or not node.attribute:
+            continue
+        perm = list(node.attribute[0].ints)
+        shape = g.shapes.get(node.input[0])
+        if shape is None or len(shape) != len(perm) or perm[0] != 0 or \
+                any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
+            continue
+        moved = [a for a in perm if a == 0 or shape[a] != 1]  # the batch axis counts as not unit
+        if moved != sorted(moved):
+            continue
+        target = g.const("unit_shape", np.array([0] + [shape[a] for a in perm[1:]], np.int64))
+        node.op_type = "Reshape"
+        del node.attribute[:]
+        node.input.append(target)
+        rewritten += 1
+    return rewritten
+
+
 def _drop_dead_nodes(model: onnx.ModelProto) -> None:
     """Nodes whose outputs nothing reads (the one-hot masks a rewrite left), and unread initializers."""
     graph = model.graph
@@ -166,8 +190,49 @@ def _drop_dead_nodes(model: onnx.ModelProto) -> None:
         graph.initializer.remove(i)
 
 
+def in_place_outputs(model: onnx.ModelProto) -> list[str]:
+    """The cache outputs a runtime may write into the very buffer it feeds as their input (past/present
+    sharing, as ONNX Runtime GenAI does): next_cache.X made by a ScatterElements straight from input
+    cache.X, where every other reader of cache.X runs before that scatter (is one of its ancestors).
+    ScatterElements then writes one row in place: no copy of the cache, no rebinding."""
+    from neat_edge.spec import CACHE_IN, CACHE_OUT
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    inputs = {i.name for i in graph.input}
+
+    def ancestors(node) -> set[int]:
+        seen, stack = set(), [node]
+        while stack:
+            for i in stack.pop().input:
+                p = producer.get(i)
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    stack.append(p)
+        return seen
+
+    found = []
+    for out in graph.output:
+        node = producer.get(out.name)
+        if node is None or node.op_type != "ScatterElements" or not out.name.startswith(CACHE_OUT):
+            continue
+        source = CACHE_IN + out.name[len(CACHE_OUT):]
+        if node.input[0] != source or source not in inputs:
+            continue
+        before = ancestors(node)
+        if all(r is node or id(r) in before for r in readers.get(source, [])):
+            found.append(out.name)
+    return sorted(found)
+
+
 def fuse_decode_graph(model: onnx.ModelProto) -> dict:
     """All passes on one decode graph (in place): what each did, for the manifest."""
     before = len(model.graph.node)
-    report = {"scatter_cache_writes": scatter_cache_writes(model)}
-    return {"passes": report, "nodes_before": before, "nodes": len(model.graph.node)}
+    report = {"scatter_cache_writes": scatter_cache_writes(model),
+              "unit_transposes_as_reshapes": unit_transposes_as_reshapes(model)}
+    return {"passes": report, "nodes_before": before, "nodes": len(model.graph.node),
+            "in_place": in_place_outputs(model)}

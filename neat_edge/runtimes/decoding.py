@@ -78,12 +78,16 @@ class CachePool:
             found = self._bindings[backend] = backend.pooled_binding(self.batch)
         return found
 
-    def spare(self, family: str, name: str, current, make) -> object:
+    def spare(self, family: str, name: str, current, make, in_place: bool = False) -> object:
         """The buffer output `name` is written into: of its pair, the one that is not `current` (what the
-        step reads for that cache, if anything); make() allocates the pair on first use."""
+        step reads for that cache, if anything); make() allocates the pair on first use. in_place (the
+        graph writes that cache's row into its input's buffer, nothing else reading it after): `current`
+        itself when it is one of the pair (never an array the caller handed in, like a copy of the state)."""
         pair = self._pairs.get((family, name))
         if pair is None:
             pair = self._pairs[(family, name)] = (make(), make())
+        if in_place and (current is pair[0] or current is pair[1]):
+            return current
         return pair[1] if pair[0] is current else pair[0]
 
 

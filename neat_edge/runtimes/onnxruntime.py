@@ -134,6 +134,7 @@ class OnnxRuntimeBackend:
         self._io, self._bound = None, {}  # step_native's IO binding, and the value each input is bound to
         self._native = None  # step_native: the C-level binding and output device (made with the binding)
         self.family = "entropy" if spec.name.startswith("entropy_") else "neat"  # whose caches (CachePool)
+        self.in_place: frozenset = frozenset()  # cache outputs this graph may write into their input's buffer
         if self.device == "cuda":  # the CUDA provider keeps step_native (its caches stay on the GPU)
             self.step_pooled = None
 
@@ -175,25 +176,26 @@ class OnnxRuntimeBackend:
         """step_native for one stream's decode loop on the CPU (runtimes/decoding.py's CachePool): the
         binding is the stream's own and made once; each cache output is written into the pool's spare
         buffer of that cache (ping-pong: never the buffer the step reads) and handed back as an OrtValue
-        the next step reads in place; every other output goes into a buffer bound once and comes back as
-        a numpy copy. A run rebinds only the inputs whose value changed (a cache the step wrote, the token):
-        no per-run output allocation, no per-output wrapping."""
+        the next step reads in place; every other output goes into a numpy buffer bound once and comes back
+        as a copy. A run rebinds only what changed (the caches the last step wrote, the token, the
+        position), through the C-level binding: no per-run allocation, no per-output wrapping."""
         io, bound, outputs = pool.binding(self)
+        c_io = io._iobinding
         for name in self.spec.input_names:
             fed = feeds[name]
             if bound.get(name, (None,))[0] is fed:
                 continue
             if isinstance(fed, ort.OrtValue):
-                io.bind_ortvalue_input(name, fed)
+                c_io.bind_ortvalue_input(name, fed._ortvalue)
                 bound[name] = (fed,)
             else:
                 value = np.ascontiguousarray(fed)
-                io.bind_cpu_input(name, value)
-                bound[name] = (fed, value)
+                c_io.bind_input(name, value)
+                bound[name] = (fed, value)  # both held: ORT reads `value`'s memory at the run
         for name, cache_in, make in outputs.caches:
-            spare = pool.spare(self.family, name, feeds.get(cache_in), make)
+            spare = pool.spare(self.family, name, feeds.get(cache_in), make, name in self.in_place)
             if bound.get(name) is not spare:
-                io.bind_ortvalue_output(name, spare)
+                c_io.bind_ortvalue_output(name, spare._ortvalue)
                 bound[name] = spare
         self.session.run_with_iobinding(io)
         result = {name: bound[name] for name, _, _ in outputs.caches}
@@ -215,8 +217,7 @@ class OnnxRuntimeBackend:
                 array = np.empty(shape, np.dtype(t.dtype))
                 bound[t.name] = ort.OrtValue.ortvalue_from_numpy(array)  # ORT writes into `array`
                 io.bind_ortvalue_output(t.name, bound[t.name])
-                bound[t.name + "/array"] = array  # held: the OrtValue does not own the numpy memory
-                arrays.append((t.name, array))
+                arrays.append((t.name, array))  # held here: the OrtValue does not own the numpy memory
         return io, bound, PooledOutputs(tuple(caches), tuple(arrays))
 
 

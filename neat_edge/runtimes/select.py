@@ -145,8 +145,12 @@ def decode_graphs(bundle, kind: str, device: str, graph: str | None = None, thre
                 return bundle.file(e["cpu"]["file"], f"decode.graphs.{key}.{name}.cpu.file")
             return bundle.file(e["file"], f"decode.graphs.{key}.{name}.file")
 
-        return {name: _open(kind, device, file(name, e), GraphSpec.from_dict(e), e, bundle, threads)
-                for name, e in entries.items()}
+        backends = {name: _open(kind, device, file(name, e), GraphSpec.from_dict(e), e, bundle, threads)
+                    for name, e in entries.items()}
+        for name, e in entries.items():  # the cache outputs the CPU rewrite writes in place (onnx_fusion.py)
+            if rewritten and isinstance(e.get("cpu"), dict):
+                backends[name].in_place = frozenset(e["cpu"].get("in_place", ()))
+        return backends
 
     entries = dict(decode)
     head = entries.pop("decode_image_head", None)
