@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 
+from neat_edge.bundle import open_bundle
 from neat_edge.config import NeatConfig
 from neat_edge.export.pipeline import export_bundle
 from neat_edge.model.checkpoint import build
@@ -15,7 +16,6 @@ from neat_edge.model.decode import IncrementalDecoder, chunk_span
 from neat_edge.model.entropy import EntropyConfig, build_entropy_model, default_patching
 from neat_edge.model.svf import svf_layers
 from neat_edge.patching import segment_patches
-from neat_edge.bundle import open_bundle
 from neat_edge.runtimes import open_model_session, open_session
 from neat_edge.runtimes.select import decode_graphs
 from tests.test_variants import randomized  # random conv taps, a large memory step: a memory doing real work
@@ -196,7 +196,8 @@ def test_onnxruntime_generation_equals_segment_step(arch, patching, corpus, tmp_
     assert_generation_matches_segment_step(session, corpus[:PROMPT_BYTES], n=64 * 32 if arch == "mac" else GENERATED)
     plain = open_session(tmp_path / "b", "onnxruntime")
     plain.decode_graphs = decode_graphs(open_bundle(tmp_path / "b"), "onnxruntime", "cpu", plain=True)
-    assert all(Path(b.path).name == manifest["decode"]["graphs"]["onnx"][n]["file"] for n, b in plain.decode_graphs.graphs.items())
+    files = {n: g["file"] for n, g in manifest["decode"]["graphs"]["onnx"].items()}
+    assert all(Path(b.path).name == files[n] for n, b in plain.decode_graphs.graphs.items())
     assert_generation_matches_segment_step(plain, corpus[:PROMPT_BYTES])
 
 
@@ -347,7 +348,8 @@ def test_in_place_cache_outputs_are_only_those_nothing_reads_later():
         if read_after:  # reads the input after the scatter may have written it: not in place
             nodes.append(helper.make_node("Mul", ["cache.x", "next_cache.x"], ["later"]))
             outs.append(helper.make_tensor_value_info("later", T.FLOAT, [1, 4]))
-        io = [helper.make_tensor_value_info("cache.x", T.FLOAT, [1, 4]), helper.make_tensor_value_info("row", T.FLOAT, [1, 1])]
+        io = [helper.make_tensor_value_info("cache.x", T.FLOAT, [1, 4]),
+              helper.make_tensor_value_info("row", T.FLOAT, [1, 1])]
         return helper.make_model(helper.make_graph(nodes, "g", io, outs,
                                                    [numpy_helper.from_array(np.array([[2]], np.int64), "index")]))
 

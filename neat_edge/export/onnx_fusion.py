@@ -24,7 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 FUSED_SUFFIX = ".cpu.onnx"  # decode_byte.onnx -> decode_byte.cpu.onnx
-PASSES = ("scatter_cache_writes", "unit_transposes_as_reshapes")
+PASSES = ("scatter_cache_writes", "unit_transposes_as_reshapes", "rotary_embeddings")
 
 
 class _Graph:
@@ -81,7 +81,8 @@ def _match_write(g: _Graph, where) -> tuple[str, str | None, int] | None:
     if both is not None:
         for a, b in (both.input, reversed(both.input)):
             unsq = g.op(b, "Unsqueeze")
-            if g.op(a, "Equal") is not None and unsq is not None and g.consts.get(unsq.input[1], np.zeros(0)).tolist() == [1]:
+            axes = g.consts.get(unsq.input[1], np.zeros(0)) if unsq is not None else np.zeros(0)
+            if g.op(a, "Equal") is not None and axes.tolist() == [1]:
                 equal, enable = g.op(a, "Equal"), unsq.input[0]
                 break
     if equal is None:
@@ -174,6 +175,79 @@ def unit_transposes_as_reshapes(model: onnx.ModelProto) -> int:
     return rewritten
 
 
+def _rotary_parts(g: _Graph, add) -> tuple | None:
+    """model/layers.py's rotary on one position, as exported,
+        Add(Mul(x, Cos(C)), Mul(Concat(Neg(Slice(x, h:)), Slice(x, :h)), Sin(C))),  C = Concat(A, A),
+        A = Unsqueeze*(Mul(Unsqueeze*(Cast(position)), freqs))
+    -> (x, integer position [B], freqs), else None. x must be [B, heads, 1, head_dim] (a decode step)."""
+    muls = [g.op(i, "Mul") for i in add.input]
+    if None in muls:
+        return None
+    for m_cos, m_sin in (muls, reversed(muls)):
+        for x, cos in (m_cos.input, reversed(m_cos.input)):
+            cos_node = g.op(cos, "Cos")
+            sin_node = next((g.op(i, "Sin") for i in m_sin.input if g.op(i, "Sin") is not None), None)
+            rot = next((g.op(i, "Concat") for i in m_sin.input if g.op(i, "Concat") is not None), None)
+            if cos_node is None or sin_node is None or rot is None or cos_node.input[0] != sin_node.input[0]:
+                continue
+            neg, low = g.op(rot.input[0], "Neg"), g.op(rot.input[1], "Slice")
+            high = g.op(neg.input[0], "Slice") if neg is not None else None
+            if high is None or low is None or high.input[0] != x or low.input[0] != x:
+                continue
+            angles = g.op(cos_node.input[0], "Concat")
+            if angles is None or len(angles.input) != 2 or angles.input[0] != angles.input[1]:
+                continue
+            node = g.producer.get(angles.input[0])
+            while node is not None and node.op_type == "Unsqueeze":
+                node = g.producer.get(node.input[0])
+            if node is None or node.op_type != "Mul":
+                continue
+            freqs = next((g.consts[i] for i in node.input if i in g.consts and g.consts[i].ndim == 1), None)
+            pos = next((g.producer.get(i) for i in node.input if i not in g.consts), None)
+            while pos is not None and pos.op_type == "Unsqueeze":
+                pos = g.producer.get(pos.input[0])
+            shape, at = g.shapes.get(x), pos.input[0] if pos is not None else None
+            if freqs is None or pos is None or pos.op_type != "Cast" or shape is None or len(shape) != 4 \
+                    or shape[2] != 1 or shape[3] != 2 * len(freqs) or len(g.shapes.get(at) or ()) != 1:
+                continue
+            return x, at, freqs
+    return None
+
+
+def rotary_embeddings(model: onnx.ModelProto) -> int:
+    """Every one-position rotary (model/layers.py's rotary) -> one com.microsoft RotaryEmbedding (ONNX
+    Runtime's CPU contrib op, non-interleaved: the same [x1 cos − x2 sin ‖ x2 cos + x1 sin]) over cos / sin
+    tables of every position a decode graph can hold (its longest input axis), computed in fp32 the way
+    the graph computes them (position × freqs, then cos / sin). Seven nodes a rotation become one."""
+    import torch
+
+    g = _Graph(model)
+    longest = max((d for i in g.graph.input for d in g.shapes.get(i.name, ()) if isinstance(d, int)), default=0)
+    tables, nodes, rewritten = {}, [], 0
+    for node in g.graph.node:
+        parts = _rotary_parts(g, node) if node.op_type == "Add" else None
+        if parts is None:
+            nodes.append(node)
+            continue
+        x, position, freqs = parts
+        key = freqs.tobytes()
+        if key not in tables:
+            angles = torch.arange(longest + 1, dtype=torch.float32)[:, None] * torch.from_numpy(freqs.astype(np.float32))
+            tables[key] = (g.const("rotary_cos", angles.cos().numpy()), g.const("rotary_sin", angles.sin().numpy()))
+        ids = g.fresh("rotary_position")
+        nodes += [helper.make_node("Unsqueeze", [position, g.const("axis_1", np.array([1], np.int64))], [ids]),
+                  helper.make_node("RotaryEmbedding", [x, ids, *tables[key]], list(node.output), domain="com.microsoft",
+                                   interleaved=0, name=g.fresh("rotary"))]
+        rewritten += 1
+    if rewritten:
+        del g.graph.node[:]
+        g.graph.node.extend(nodes)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        _drop_dead_nodes(model)
+    return rewritten
+
+
 def _drop_dead_nodes(model: onnx.ModelProto) -> None:
     """Nodes whose outputs nothing reads (the one-hot masks a rewrite left), and unread initializers."""
     graph = model.graph
@@ -233,6 +307,7 @@ def fuse_decode_graph(model: onnx.ModelProto) -> dict:
     """All passes on one decode graph (in place): what each did, for the manifest."""
     before = len(model.graph.node)
     report = {"scatter_cache_writes": scatter_cache_writes(model),
-              "unit_transposes_as_reshapes": unit_transposes_as_reshapes(model)}
+              "unit_transposes_as_reshapes": unit_transposes_as_reshapes(model),
+              "rotary_embeddings": rotary_embeddings(model)}
     return {"passes": report, "nodes_before": before, "nodes": len(model.graph.node),
             "in_place": in_place_outputs(model)}

@@ -171,7 +171,11 @@ class Decoder:
             out = self.graphs.run("decode_commit", feeds, self.pool)
             return {k[len(STATE_OUT):]: v for k, v in out.items()}
         if self.patcher is None:
-            starts = np.full(token.shape[0], (i + 1) % cfg.patch_size == 0)
+            if (i + 1) % cfg.patch_size:  # fixed patches: most bytes close none (no per-stream arrays)
+                self._update(self.graphs.run("decode_byte", feeds, self.pool))
+                self.position = i + 1
+                return None
+            starts = np.ones(token.shape[0], bool)
         else:
             self.entropy_inputs.update(token=feeds["token"], position=feeds["position"])
             out = self.graphs.run("entropy_decode_byte", self.entropy_inputs, self.pool)

@@ -76,10 +76,10 @@ def decode_breakdown(session, prompt: bytes, n: int, threads: int | None = 1) ->
     run = graphs.run
     per_graph_calls = calls
 
-    def timed_run(name, feeds, pool=None):
+    def timed_run(name, feeds, *pool):
         t0 = time.perf_counter()
         try:
-            return run(name, feeds, pool)
+            return run(name, feeds, *pool)
         finally:
             per_graph_calls[name].append(time.perf_counter() - t0)
 
