@@ -181,7 +181,7 @@ class OnnxRuntimeBackend:
         position), through the C-level binding: no per-run allocation, no per-output wrapping."""
         io, bound, outputs = pool.binding(self)
         c_io = io._iobinding
-        for name in self.spec.input_names:
+        for name in outputs.inputs:
             fed = feeds[name]
             if bound.get(name, (None,))[0] is fed:
                 continue
@@ -204,7 +204,7 @@ class OnnxRuntimeBackend:
 
     def pooled_binding(self, batch: int) -> tuple:
         """A new binding for one stream at `batch` (step_pooled): (IOBinding, what each name is bound to,
-        PooledOutputs). Every output's shape is fixed once the batch is (decode graphs: only the batch
+        PooledIO). Every output's shape is fixed once the batch is (decode graphs: only the batch
         axis is dynamic): the non-cache outputs are bound here, once, to numpy-backed OrtValues."""
         io, bound, caches, arrays = self.session.io_binding(), {}, [], []
         for t in self.spec.outputs:
@@ -218,9 +218,10 @@ class OnnxRuntimeBackend:
                 bound[t.name] = ort.OrtValue.ortvalue_from_numpy(array)  # ORT writes into `array`
                 io.bind_ortvalue_output(t.name, bound[t.name])
                 arrays.append((t.name, array))  # held here: the OrtValue does not own the numpy memory
-        return io, bound, PooledOutputs(tuple(caches), tuple(arrays))
+        return io, bound, PooledIO(tuple(caches), tuple(arrays), tuple(self.spec.input_names))
 
 
-class PooledOutputs(NamedTuple):
+class PooledIO(NamedTuple):
     caches: tuple  # (output name, the cache input it replaces, make(): a new buffer for it)
     arrays: tuple  # (output name, the numpy array ORT writes it into)
+    inputs: tuple  # the graph's input names (GraphSpec.input_names, made once)
