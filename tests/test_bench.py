@@ -18,7 +18,8 @@ def test_bench_json_schema_and_plot(bundle_dir, tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     p = run("neat-bench", str(bundle_dir), "--backends", "torch,onnxruntime", "--precisions", "fp32", "--runs", "3",
             "--warmup", "1", "--segments", "2", "--segment-len", "64", "--batch", "2", "--generate-bytes", "4",
-            "--dispatch-generate-bytes", "0", "--threads", "1", "--json", str(out), "--plot", str(png))
+            "--dispatch-generate-bytes", "0", "--threads", "1", "--json", str(out), "--plot", str(png),
+            "--decode-breakdown")
     assert p.returncode == 0, p.stderr.decode()
     results = json.loads(out.read_text())["results"]
     assert [(r["backend"], r["precision"]) for r in results] == [("torch", "fp32"), ("onnxruntime", "fp32")]
@@ -31,6 +32,15 @@ def test_bench_json_schema_and_plot(bundle_dir, tmp_path):
         assert r["batch"] == 2 and r["segment_len"] == 64 and r["generated_bytes"] == 4 and r["runs"] == 3
         assert isinstance(r["first_call_ms"], float) and isinstance(r["peak_memory_mb"], float)
     assert abs(results[0]["bits_per_byte"] - results[1]["bits_per_byte"]) < 1e-3  # same weights, fp32 both
+    for r in results:  # --decode-breakdown: per decode graph, and the time outside the runtime
+        b = r["decode_breakdown"]
+        assert b["generated_bytes"] == 4 and 0.0 <= b["share_outside_runtime"] < 1.0 and b["bytes_per_s"] > 0
+        assert {"decode_start", "decode_byte"} <= set(b["graphs"])
+        assert sum(g["runs_per_byte"] for g in b["graphs"].values() if g["runs"]) > 0
+        assert all(g["ms_per_run_p50"] > 0 for g in b["graphs"].values())
+    graphs = results[1]["decode_breakdown"]["graphs"]  # ONNX Runtime: the files it ran, their nodes before and after
+    assert graphs["decode_byte"]["file"] == "decode_byte.cpu.onnx"
+    assert 0 < graphs["decode_byte"]["nodes_optimized"] <= graphs["decode_byte"]["nodes"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,11 +1,14 @@
 """Incremental decoding: the decode graphs give the segment step's log-probs and state, byte by byte, on
 every memory variant and patching, through PyTorch and ONNX Runtime."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 import torch
 
+from neat_edge.bundle import open_bundle
 from neat_edge.config import NeatConfig
 from neat_edge.export.pipeline import export_bundle
 from neat_edge.model.checkpoint import build
@@ -14,6 +17,7 @@ from neat_edge.model.entropy import EntropyConfig, build_entropy_model, default_
 from neat_edge.model.svf import svf_layers
 from neat_edge.patching import segment_patches
 from neat_edge.runtimes import open_model_session, open_session
+from neat_edge.runtimes.select import decode_graphs
 from tests.test_variants import randomized  # random conv taps, a large memory step: a memory doing real work
 
 
@@ -183,7 +187,18 @@ def test_onnxruntime_generation_equals_segment_step(arch, patching, corpus, tmp_
         assert dynamic <= {"batch"}, graph["file"]  # fixed-size caches: only the batch axis varies
     session = open_session(tmp_path / "b", "onnxruntime")
     assert session.decode_graphs is not None
-    assert_generation_matches_segment_step(session, corpus[:PROMPT_BYTES])
+    cpu = {name: g["cpu"] for name, g in manifest["decode"]["graphs"]["onnx"].items() if "cpu" in g}
+    assert {"decode_start", "decode_byte", "decode_patch", "decode_commit"} <= set(cpu)  # the CPU rewrites run here
+    assert all(Path(b.path).name == cpu[n]["file"] for n, b in session.decode_graphs.graphs.items() if n in cpu)
+    assert "next_cache.enc.0.k" in session.decode_graphs.graphs["decode_byte"].in_place  # past/present shared
+    # 64 chained segments on the CPU rewrites (micro segments: 32 bytes); then the plain graphs, as every other
+    # runtime runs them
+    assert_generation_matches_segment_step(session, corpus[:PROMPT_BYTES], n=64 * 32 if arch == "mac" else GENERATED)
+    plain = open_session(tmp_path / "b", "onnxruntime")
+    plain.decode_graphs = decode_graphs(open_bundle(tmp_path / "b"), "onnxruntime", "cpu", plain=True)
+    files = {n: g["file"] for n, g in manifest["decode"]["graphs"]["onnx"].items()}
+    assert all(Path(b.path).name == files[n] for n, b in plain.decode_graphs.graphs.items())
+    assert_generation_matches_segment_step(plain, corpus[:PROMPT_BYTES])
 
 
 # --- the shipped model's bundle --------------------------------------------------------------------------
@@ -197,8 +212,6 @@ def test_default_bundle_generates_2048_bytes_as_the_segment_step(bundle_dir, cor
 
 
 def test_bundle_declares_its_decode_graphs_and_caches(bundle_dir):
-    from neat_edge.bundle import open_bundle
-
     manifest = open_bundle(bundle_dir).manifest
     decode = manifest["decode"]
     graphs = decode["graphs"]["onnx"]
@@ -270,3 +283,75 @@ def test_captured_runner_equals_the_plain_graphs(corpus):
     np.testing.assert_array_equal(la, lb)
     prompts = [corpus[i * 50 : i * 50 + 40] for i in range(2)]
     assert pooled.generate_batch(prompts, 60) == plain.generate_batch(prompts, 60)
+
+
+def test_cpu_rewrite_turns_cache_writes_into_scatters_and_leaves_look_alikes():
+    """export/onnx_fusion.py on write_slot's exported form: Where(one-hot of the slot, row, cache) becomes
+    ScatterElements with the same values (with and without `enable`); a Where whose row broadcasts over
+    the cache is left as it is."""
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    from neat_edge.export.onnx_fusion import fuse_decode_graph
+
+    def graph(row_heads: int) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(np.arange(6, dtype=np.int64), "arange"),
+                 numpy_helper.from_array(np.array([1], np.int64), "one"),
+                 numpy_helper.from_array(np.array([-1, 1, 6, 1], np.int64), "hit_shape")]
+        nodes = [helper.make_node("Unsqueeze", ["slot", "one"], ["slot_1"]),
+                 helper.make_node("Equal", ["arange", "slot_1"], ["eq"]),
+                 helper.make_node("Unsqueeze", ["enable", "one"], ["enable_1"]),
+                 helper.make_node("And", ["eq", "enable_1"], ["hit"]),
+                 helper.make_node("Reshape", ["eq", "hit_shape"], ["hit_a"]),
+                 helper.make_node("Reshape", ["hit", "hit_shape"], ["hit_b"]),
+                 helper.make_node("Where", ["hit_a", "row", "cache"], ["out_a"]),
+                 helper.make_node("Where", ["hit_b", "row", "cache"], ["out_b"])]
+        io = [helper.make_tensor_value_info("slot", T.INT64, ["batch"]),
+              helper.make_tensor_value_info("enable", T.BOOL, ["batch"]),
+              helper.make_tensor_value_info("row", T.FLOAT, ["batch", row_heads, 1, 4]),
+              helper.make_tensor_value_info("cache", T.FLOAT, ["batch", 3, 6, 4])]
+        outs = [helper.make_tensor_value_info(n, T.FLOAT, ["batch", 3, 6, 4]) for n in ("out_a", "out_b")]
+        return helper.make_model(helper.make_graph(nodes, "g", io, outs, inits),
+                                 opset_imports=[helper.make_opsetid("", 20)])
+
+    rng = np.random.default_rng(0)
+    feeds = {"slot": np.array([2, 5], np.int64), "enable": np.array([True, False]),
+             "row": rng.standard_normal((2, 3, 1, 4)).astype(np.float32),
+             "cache": rng.standard_normal((2, 3, 6, 4)).astype(np.float32)}
+    run = lambda m, f: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, f)  # noqa: E731
+    plain = graph(3)
+    fused = onnx.ModelProto.FromString(plain.SerializeToString())
+    report = fuse_decode_graph(fused)
+    assert report["passes"]["scatter_cache_writes"] == 2
+    ops = [n.op_type for n in fused.graph.node]
+    assert "ScatterElements" in ops and "Where" in ops and ops.count("Equal") == 0  # Where: the enable case only
+    for a, b in zip(run(plain, feeds), run(fused, feeds)):
+        np.testing.assert_array_equal(a, b)  # the same bits: a copy and one row, either way
+    look_alike = graph(1)  # the row broadcasts over the heads: not a one-row write, left alone
+    assert fuse_decode_graph(look_alike)["passes"]["scatter_cache_writes"] == 0
+
+
+def test_in_place_cache_outputs_are_only_those_nothing_reads_later():
+    """A cache written by a scatter straight from its input may share the input's buffer (past/present
+    sharing) only when every other reader of that input runs before the scatter."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    from neat_edge.export.onnx_fusion import in_place_outputs
+
+    def graph(read_after: bool) -> onnx.ModelProto:
+        nodes = [helper.make_node("GatherElements", ["cache.x", "index"], ["row_old"], axis=1),
+                 helper.make_node("Add", ["row_old", "row"], ["row_new"]),
+                 helper.make_node("ScatterElements", ["cache.x", "index", "row_new"], ["next_cache.x"], axis=1)]
+        outs = [helper.make_tensor_value_info("next_cache.x", T.FLOAT, [1, 4])]
+        if read_after:  # reads the input after the scatter may have written it: not in place
+            nodes.append(helper.make_node("Mul", ["cache.x", "next_cache.x"], ["later"]))
+            outs.append(helper.make_tensor_value_info("later", T.FLOAT, [1, 4]))
+        io = [helper.make_tensor_value_info("cache.x", T.FLOAT, [1, 4]),
+              helper.make_tensor_value_info("row", T.FLOAT, [1, 1])]
+        return helper.make_model(helper.make_graph(nodes, "g", io, outs,
+                                                   [numpy_helper.from_array(np.array([[2]], np.int64), "index")]))
+
+    assert in_place_outputs(graph(False)) == ["next_cache.x"]
+    assert in_place_outputs(graph(True)) == []

@@ -150,8 +150,11 @@ def _tidy_fp16(half: onnx.ModelProto) -> onnx.ModelProto:
 class OnnxTarget:
     name = "onnx"
 
-    def __init__(self, precision: str = "fp32"):
+    def __init__(self, precision: str = "fp32", cpu_graphs: bool = True):
+        """cpu_graphs: beside each fp32 decode graph, its rewrite for ONNX Runtime's CPU (export/onnx_fusion.py),
+        recorded in the graph's entry as `cpu`; the plain graph stays for every other runtime."""
         self.precision = check_precision(precision)
+        self.cpu_graphs = cpu_graphs
 
     def build(self, model: NeatModel, spec: GraphSpec, out_dir: Path) -> dict:
         return self.build_graph(step_source(model, spec), out_dir)
@@ -160,7 +163,27 @@ class OnnxTarget:
         path = Path(out_dir) / f"{source.stem}.onnx"
         if self.precision == "fp16":
             return export_fp16_graph(source, path)
-        return export_graph(source.module, source.args, source.spec, source.torch_dynamic_shapes(), path)
+        entry = export_graph(source.module, source.args, source.spec, source.torch_dynamic_shapes(), path)
+        if self.cpu_graphs and source.stem.startswith("decode_") and source.stem != "decode_svf":
+            entry = {**entry, **export_cpu_graph(path)}
+        return entry
+
+
+def export_cpu_graph(plain: Path) -> dict:
+    """The CPU rewrite of a saved plain decode graph, as {"cpu": its entry} (nothing when no pass applied:
+    ONNX Runtime's CPU then runs the plain graph)."""
+    from neat_edge.export.onnx_fusion import FUSED_SUFFIX, fuse_decode_graph
+
+    graph = onnx.load(str(plain))
+    report = fuse_decode_graph(graph)
+    if not any(report["passes"].values()):
+        return {}
+    path = plain.with_name(plain.stem + FUSED_SUFFIX)
+    onnx.helper.set_model_props(graph, {PRECISION_KEY: "fp32"})
+    onnx.save(graph, str(path))
+    onnx.checker.check_model(str(path))
+    return {"cpu": {"file": path.name, "runtime": "onnxruntime:cpu", "ops": sorted({n.op_type for n in graph.graph.node}),
+                    **report}}
 
 
 def export_entropy_onnx(model, out_dir: Path, filename: str = "entropy.onnx") -> dict:

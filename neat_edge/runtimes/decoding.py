@@ -39,10 +39,14 @@ class DecodeGraphs:
         self.cache_names = sorted({n[len(CACHE_IN):] for g in graphs.values() for n in g.spec.input_names
                                    if n.startswith(CACHE_IN)})
 
-    def run(self, name: str, feeds: dict) -> dict:
+    def run(self, name: str, feeds: dict, pool: CachePool | None = None) -> dict:
         """Run graph `name` on the feeds it takes. A backend that can keep values in its own form between
-        steps (step_native: ONNX Runtime's OrtValues) returns the caches so, never copied to numpy."""
+        steps (step_native: ONNX Runtime's OrtValues) returns the caches so, never copied to numpy; one
+        that can run a stream's loop over pooled buffers (step_pooled) does so with `pool`."""
         backend = self.graphs[name] if name in self.graphs else self.entropy[name]
+        pooled = getattr(backend, "step_pooled", None) if pool is not None else None
+        if pooled is not None:
+            return pooled(feeds, pool)
         native = getattr(backend, "step_native", None)
         if native is not None:
             return native(feeds, self._cache_outputs(backend))
@@ -57,6 +61,36 @@ class DecodeGraphs:
         return keep
 
 
+class CachePool:
+    """What one stream's decode loop keeps bound between steps (a Decoder's; per batch size): per graph
+    the backend's binding, made once (backend.pooled_binding), and per cache two buffers the graphs write
+    in turn: a step reads a cache from one and writes it into the other (the spare), which the next step
+    reads in place; nothing is allocated or copied per step."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+        self._bindings: dict = {}
+        self._pairs: dict = {}
+
+    def binding(self, backend):
+        found = self._bindings.get(backend)
+        if found is None:
+            found = self._bindings[backend] = backend.pooled_binding(self.batch)
+        return found
+
+    def spare(self, family: str, name: str, current, make, in_place: bool = False) -> object:
+        """The buffer output `name` is written into: of its pair, the one that is not `current` (what the
+        step reads for that cache, if anything); make() allocates the pair on first use. in_place (the
+        graph writes that cache's row into its input's buffer, nothing else reading it after): `current`
+        itself when it is one of the pair (never an array the caller handed in, like a copy of the state)."""
+        pair = self._pairs.get((family, name))
+        if pair is None:
+            pair = self._pairs[(family, name)] = (make(), make())
+        if in_place and (current is pair[0] or current is pair[1]):
+            return current
+        return pair[1] if pair[0] is current else pair[0]
+
+
 class Decoder:
     """The decode state of `batch` streams: caches, position in the segment, open patch, and the
     next position's outputs. begin() starts a segment from a committed state; feed() advances by one
@@ -66,26 +100,29 @@ class Decoder:
         self.graphs, self.config, self.patcher = graphs, config, patcher
         self.chunk_span = -(-config.max_patches_per_segment // config.memory_chunks)
         self.svf_z, self.svf_weights = None, {}
+        self.pool: CachePool | None = None  # this stream's bound graphs and cache buffers (per batch size)
 
     # --- a segment --------------------------------------------------------------------------------
     def begin(self, state: dict, svf_z: np.ndarray, entropy_context: np.ndarray | None = None) -> None:
         """A new segment from the committed `state` (arrays [B, ...]); entropy_context [B, W_e] for
         entropy patching."""
         self.state = state
-        if self.svf_z is None or not np.array_equal(self.svf_z, svf_z):  # the SVF weights for this z
-            self.svf_z, self.svf_weights = svf_z.copy(), self.graphs.run("decode_svf", {"svf_z": svf_z})
         batch = state["byte_context"].shape[0]
+        if self.pool is None or self.pool.batch != batch:
+            self.pool = CachePool(batch)
+        if self.svf_z is None or not np.array_equal(self.svf_z, svf_z):  # the SVF weights for this z
+            self.svf_z, self.svf_weights = svf_z.copy(), self.graphs.run("decode_svf", {"svf_z": svf_z}, self.pool)
         # every graph input by its name: the committed state, the SVF weights, the caches, the step's inputs
         self.inputs = {STATE_IN + k: v for k, v in state.items()}
         self.inputs.update(self.svf_weights)
-        out = self.graphs.run("decode_start", self.inputs)
+        out = self.graphs.run("decode_start", self.inputs, self.pool)
         self._take(out)
         self.position = 0
         self.patch = np.zeros(batch, np.int64)
         self.patch_start = np.zeros(batch, np.int64)
         self.tokens = []  # this segment's tokens so far, [B] each
         if self.patcher is not None:
-            out = self.graphs.run("entropy_decode_start", {STATE_IN + "byte_context": entropy_context})
+            out = self.graphs.run("entropy_decode_start", {STATE_IN + "byte_context": entropy_context}, self.pool)
             self.entropy_inputs = {_cache_input(k): v for k, v in out.items() if k.startswith(CACHE_OUT)}
             self.entropy_context = entropy_context
             # the first byte always starts a patch; what the relative rule compares with comes next
@@ -131,28 +168,32 @@ class Decoder:
         self.tokens.append(token)
         feeds = self._feeds(token)
         if i == cfg.segment_len - 1:
-            out = self.graphs.run("decode_commit", feeds)
+            out = self.graphs.run("decode_commit", feeds, self.pool)
             return {k[len(STATE_OUT):]: v for k, v in out.items()}
         if self.patcher is None:
-            starts = np.full(token.shape[0], (i + 1) % cfg.patch_size == 0)
+            if (i + 1) % cfg.patch_size:  # fixed patches: most bytes close none (no per-stream arrays)
+                self._update(self.graphs.run("decode_byte", feeds, self.pool))
+                self.position = i + 1
+                return None
+            starts = np.ones(token.shape[0], bool)
         else:
             self.entropy_inputs.update(token=feeds["token"], position=feeds["position"])
-            out = self.graphs.run("entropy_decode_byte", self.entropy_inputs)
+            out = self.graphs.run("entropy_decode_byte", self.entropy_inputs, self.pool)
             self.entropy_inputs.update({_cache_input(k): v for k, v in out.items() if k.startswith(CACHE_OUT)})
             self.entropies.append(out["entropy"].astype(np.float32))
             starts = self._starts(out["entropy"])
         if starts.any():
             feeds["close"] = starts.astype(np.float32)
-            self._update(self.graphs.run("decode_patch", feeds))
+            self._update(self.graphs.run("decode_patch", feeds, self.pool))
             if cfg.memory_chunks > 1:
                 ended = starts & ((self.patch + 1) % self.chunk_span == 0)
                 if ended.any():
                     feeds["chunk"] = np.where(ended, self.patch // self.chunk_span, -1)  # -1: an empty range
-                    self._update(self.graphs.run("decode_chunk", feeds))
+                    self._update(self.graphs.run("decode_chunk", feeds, self.pool))
             self.patch = self.patch + starts
             self.patch_start = np.where(starts, i + 1, self.patch_start)
         else:
-            self._update(self.graphs.run("decode_byte", feeds))
+            self._update(self.graphs.run("decode_byte", feeds, self.pool))
         self.position = i + 1
         return None
 

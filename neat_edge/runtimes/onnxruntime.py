@@ -15,12 +15,13 @@ import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
 from neat_edge.errors import NeatError
-from neat_edge.spec import GraphSpec
+from neat_edge.spec import CACHE_IN, CACHE_OUT, GraphSpec
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider"}
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -128,10 +129,14 @@ class OnnxRuntimeBackend:
         self.session = shared_session(graph_path, provider, threads, check_file)
         check_graph_io(self.session, spec, graph_path)
         self.name = "onnxruntime" if device == "cpu" else f"onnxruntime:{device}"
-        self.spec = spec
+        self.spec, self.path = spec, graph_path
         self.device = "cuda" if device == "cuda" else "cpu"  # where step_native keeps what it returns
         self._io, self._bound = None, {}  # step_native's IO binding, and the value each input is bound to
         self._native = None  # step_native: the C-level binding and output device (made with the binding)
+        self.family = "entropy" if spec.name.startswith("entropy_") else "neat"  # whose caches (CachePool)
+        self.in_place: frozenset = frozenset()  # cache outputs this graph may write into their input's buffer
+        if self.device == "cuda":  # the CUDA provider keeps step_native (its caches stay on the GPU)
+            self.step_pooled = None
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.spec.output_names, feeds)
@@ -166,3 +171,57 @@ class OnnxRuntimeBackend:
         values = binding.get_outputs()
         return {name: (values[i] if isinstance(values[i], ort.OrtValue) else ort.OrtValue(values[i]))
                 if name in keep else values[i].numpy() for i, name in enumerate(self.spec.output_names)}
+
+    def step_pooled(self, feeds: dict, pool) -> dict:
+        """step_native for one stream's decode loop on the CPU (runtimes/decoding.py's CachePool): the
+        binding is the stream's own and made once; each cache output is written into the pool's spare
+        buffer of that cache (ping-pong: never the buffer the step reads) and handed back as an OrtValue
+        the next step reads in place; every other output goes into a numpy buffer bound once and comes back
+        as a copy. A run rebinds only what changed (the caches the last step wrote, the token, the
+        position), through the C-level binding: no per-run allocation, no per-output wrapping."""
+        io, bound, outputs = pool.binding(self)
+        c_io = io._iobinding
+        for name in outputs.inputs:
+            fed = feeds[name]
+            if bound.get(name, (None,))[0] is fed:
+                continue
+            if isinstance(fed, ort.OrtValue):
+                c_io.bind_ortvalue_input(name, fed._ortvalue)
+                bound[name] = (fed,)
+            else:
+                value = np.ascontiguousarray(fed)
+                c_io.bind_input(name, value)
+                bound[name] = (fed, value)  # both held: ORT reads `value`'s memory at the run
+        for name, cache_in, make in outputs.caches:
+            spare = pool.spare(self.family, name, feeds.get(cache_in), make, name in self.in_place)
+            if bound.get(name) is not spare:
+                c_io.bind_ortvalue_output(name, spare._ortvalue)
+                bound[name] = spare
+        self.session.run_with_iobinding(io)
+        result = {name: bound[name] for name, _, _ in outputs.caches}
+        result.update({name: array.copy() for name, array in outputs.arrays})
+        return result
+
+    def pooled_binding(self, batch: int) -> tuple:
+        """A new binding for one stream at `batch` (step_pooled): (IOBinding, what each name is bound to,
+        PooledIO). Every output's shape is fixed once the batch is (decode graphs: only the batch
+        axis is dynamic): the non-cache outputs are bound here, once, to numpy-backed OrtValues."""
+        io, bound, caches, arrays = self.session.io_binding(), {}, [], []
+        for t in self.spec.outputs:
+            shape = tuple(batch if d == "batch" else d for d in t.shape)
+            if t.name.startswith(CACHE_OUT):
+                def make(shape=shape, dtype=np.dtype(t.dtype)):
+                    return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype))
+                caches.append((t.name, CACHE_IN + t.name[len(CACHE_OUT):], make))
+            else:
+                array = np.empty(shape, np.dtype(t.dtype))
+                bound[t.name] = ort.OrtValue.ortvalue_from_numpy(array)  # ORT writes into `array`
+                io.bind_ortvalue_output(t.name, bound[t.name])
+                arrays.append((t.name, array))  # held here: the OrtValue does not own the numpy memory
+        return io, bound, PooledIO(tuple(caches), tuple(arrays), tuple(self.spec.input_names))
+
+
+class PooledIO(NamedTuple):
+    caches: tuple  # (output name, the cache input it replaces, make(): a new buffer for it)
+    arrays: tuple  # (output name, the numpy array ORT writes it into)
+    inputs: tuple  # the graph's input names (GraphSpec.input_names, made once)

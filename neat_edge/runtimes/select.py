@@ -125,20 +125,32 @@ def available_backends(bundle) -> tuple[list[str], dict[str, str]]:
     return [n for n, why in reasons.items() if why is None], {n: why for n, why in reasons.items() if why}
 
 
-def decode_graphs(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None):
+def decode_graphs(bundle, kind: str, device: str, graph: str | None = None, threads: int | None = None,
+                  plain: bool = False):
     """The bundle's decode graphs (and its entropy model's, and the image head) as Backends of `kind`,
-    or None when the bundle has none for that artifact (exported before incremental decoding)."""
+    or None when the bundle has none for that artifact (exported before incremental decoding). ONNX
+    Runtime on the CPU runs each graph's CPU rewrite where the export made one (entry `cpu`,
+    export/onnx_fusion.py), unless `plain`; every other runtime the plain graph."""
     from neat_edge.runtimes.decoding import DecodeGraphs
 
     key = _artifact(kind, graph)
     decode = (bundle.manifest.get("decode") or {}).get("graphs", {}).get(key)
     if not decode:
         return None
+    rewritten = kind == "onnxruntime" and device == "cpu" and not plain
 
     def open_all(entries: dict) -> dict:
-        return {name: _open(kind, device, bundle.file(e["file"], f"decode.graphs.{key}.{name}.file"),
-                            GraphSpec.from_dict(e), e, bundle, threads)
-                for name, e in entries.items()}
+        def file(name, e):
+            if rewritten and isinstance(e.get("cpu"), dict):
+                return bundle.file(e["cpu"]["file"], f"decode.graphs.{key}.{name}.cpu.file")
+            return bundle.file(e["file"], f"decode.graphs.{key}.{name}.file")
+
+        backends = {name: _open(kind, device, file(name, e), GraphSpec.from_dict(e), e, bundle, threads)
+                    for name, e in entries.items()}
+        for name, e in entries.items():  # the cache outputs the CPU rewrite writes in place (onnx_fusion.py)
+            if rewritten and isinstance(e.get("cpu"), dict):
+                backends[name].in_place = frozenset(e["cpu"].get("in_place", ()))
+        return backends
 
     entries = dict(decode)
     head = entries.pop("decode_image_head", None)
