@@ -11,7 +11,7 @@ from pathlib import Path
 from neat_edge.bundle import Bundle
 from neat_edge.calibration.coreml import COMPRESSIONS as COREML_COMPRESSIONS  # Core ML weight compression
 from neat_edge.errors import NeatError
-from neat_edge.export.bundle import install_bundle, staging_dir, write_bundle_files
+from neat_edge.export.bundle import check_install_target, install_bundle, staging_dir, write_bundle_files
 from neat_edge.export.precision import PRECISIONS, quiet_exporter_logs
 from neat_edge.export.verify import (
     BPB_TOLERANCE,
@@ -94,6 +94,7 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
              for t in targets]
     quiet_exporter_logs()
     out = Path(out)
+    check_install_target(out)  # refused before minutes of work, not after
     staged = staging_dir(out)
     try:
         spec = step_spec(model)
@@ -117,8 +118,12 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
         raise
     if verify and not manifest["parity"]["passed"]:
         failed = out.with_name(out.name + ".failed")
-        shutil.rmtree(failed, ignore_errors=True)
-        staged.rename(failed)
+        try:
+            shutil.rmtree(failed, ignore_errors=True)
+            staged.rename(failed)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         decode = manifest["parity"].get("decode") or {"backends": {}}
         results = [(name, r) for name, r in manifest["parity"]["backends"].items()]
         results += [(f"{name} decode graphs", r) for name, r in decode["backends"].items()]

@@ -14,13 +14,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-import typer
-from rich.table import Table
+from neat_edge.tools import loading
 
-from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write_json
-from neat_edge.tools.common import console, run_app
+with loading():  # a Ctrl-C while the CLI loads: `error: interrupted`, exit 130
+    import numpy as np
+    import typer
+    from rich.table import Table
+
+    from neat_edge.errors import NeatError
+    from neat_edge.fileio import atomic_write_json
+    from neat_edge.tools.common import console, run_app
 
 DISPATCH_PROMPT_BYTES, DISPATCH_GENERATE_BYTES = 256, 512
 GENERATE_BYTES = 512
@@ -103,7 +106,7 @@ def bench_command(
                                                "else fp32). Missing ones are exported into --cache."),
     segment_len: int | None = typer.Option(None, "--segment-len", min=1,
                                            help="Bytes per timed step (≤ the model's segment; default: the model's)."),
-    batch: int = typer.Option(1, "--batch", min=1, help="Streams per timed step (step latency)."),
+    batch: int = typer.Option(1, "--batch", min=1, max=4096, help="Streams per timed step (step latency)."),
     data: Path | None = typer.Option(None, "--data", "--corpus", help="Text to score for bits/byte and throughput "
                                                                       "(default: CPython's LICENSE.txt)."),
     segments: int = typer.Option(32, "--segments", min=1, help="Segments of --data to score."),
@@ -199,10 +202,13 @@ def main() -> None:
     import sys
 
     if len(sys.argv) > 1 and sys.argv[1] == "memory":
-        from neat_edge.tools.bench_memory import memory_command
+        def memory_app():  # built inside run_app: bench_memory imports torch, and a Ctrl-C may come meanwhile
+            from neat_edge.tools.bench_memory import memory_command
 
-        memory_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-        memory_app.command()(memory_command)
+            built = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            built.command()(memory_command)
+            return built
+
         sys.argv = [f"{sys.argv[0]} memory", *sys.argv[2:]]
         run_app(memory_app)
     else:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
+from neat_edge.tools import loading
 
-from neat_edge.errors import NeatError
-from neat_edge.tools.common import console, run_app
+with loading():  # a Ctrl-C while the CLI loads: `error: interrupted`, exit 130
+    import typer
+
+    from neat_edge.errors import NeatError
+    from neat_edge.tools.common import console, run_app
 
 
 def export_command(
