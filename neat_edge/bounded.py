@@ -195,7 +195,7 @@ def parse_safetensors_header(fh, size: int, what: str, max_payload: int = MAX_PA
     if at != size - 8 - n:
         refuse(f"its tensors end at {at:,} bytes, the payload has {size - 8 - n:,}")
     if at > max_payload:
-        refuse(f"it holds {at:,} bytes of tensors; a {what} holds at most {max_payload:,}")
+        refuse(f"it holds {at:,} bytes of tensors, more than one can (at most {max_payload:,}): refused unread")
     return entries, meta, 8 + n
 
 

@@ -20,7 +20,7 @@ import typer.main
 from rich.console import Console
 
 from neat_edge.errors import NeatError
-from neat_edge.tools import INTERRUPTED_EXIT
+from neat_edge.tools import INTERRUPTED_EXIT, loading
 
 console = Console(stderr=True)
 
@@ -85,7 +85,10 @@ def run_app(app) -> None:
     and a non-zero exit code."""
     debug = "--debug" in sys.argv[1:]
     try:
-        command = harden(typer.main.get_command(app if isinstance(app, typer.Typer) else app()))
+        if not isinstance(app, typer.Typer):
+            with loading():  # the commands' imports (torch): a Ctrl-C meanwhile exits as interrupted
+                app = app()
+        command = harden(typer.main.get_command(app))
         code = command(standalone_mode=False)  # we print usage errors ourselves: one line, like every error
     except NoArgsIsHelpError as exc:  # a bare command: its help, as typer shows it
         exc.show()
