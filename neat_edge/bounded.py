@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -95,9 +96,11 @@ def read_json_file(path: str | Path, what: str, max_bytes: int) -> object:
 
 # --- bounded file heads ---------------------------------------------------------------------------
 def read_head(path: str | Path, what: str, limit: int, whole: bool = False) -> bytes:
-    """At most `limit` bytes from the start of a file (a FIFO or a device is read the same way, never
-    past the limit). whole=True: the file must fit in `limit` bytes, else it is refused unread."""
+    """At most `limit` bytes from the start of a regular file (a FIFO, a device or a folder is refused).
+    whole=True: the file must fit in `limit` bytes, else it is refused unread."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open; a device never ends
+            raise NeatError(f"{what} {path} is not a regular file")
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if whole and size > limit:
@@ -205,6 +208,8 @@ def read_safetensors(path: str | Path, what: str, max_payload: int = MAX_PAYLOAD
     each tensor read into an array of its checked size (memory: the payload, never the file's claim)."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise NeatError(f"{what} {path} is not a regular file")
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
             entries, meta, start = parse_safetensors_header(fh, st.st_size, f"{what} {path}", max_payload,

@@ -21,8 +21,10 @@ def loading():
     follows), and once the imports are done the command exits as interrupted. Imports take a second or
     two, so Ctrl-C still answers at once to a person."""
     try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started with SIGINT ignored (`cmd &` in a script)
+            raise ValueError
         previous = signal.signal(signal.SIGINT, _note)
-    except ValueError:  # not the main thread: signals are not ours to take
+    except ValueError:  # not the main thread, or SIGINT ignored on purpose: not ours to take
         yield
         return
     interrupted = False
