@@ -151,36 +151,35 @@ def test_racing_installs_leave_one_whole_bundle(tmp_path):
 
 
 # --- graph outputs and ONNX Runtime failures --------------------------------------------------------------
-def tiny_graph(path: Path, body: str) -> None:
-    """A one-input, one-output ONNX graph (x float [batch, 4] -> y) whose y the graph declares with a
-    symbolic shape: what it really returns is only known when it runs."""
+def tiny_graph(path: Path) -> None:
+    """y = Reshape(x, n): an ONNX graph whose output shape only its input values decide, so neither ONNX
+    nor ONNX Runtime can know it before the run (the graph declares y with symbolic sizes)."""
     import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])
-    if body == "wrong_shape":
-        nodes, inits = [helper.make_node("Concat", ["x", "x"], ["y"], axis=1)], []
-    else:  # a reshape that cannot hold: fails inside ORT at run time
-        nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
-        inits = [helper.make_tensor("shape", TensorProto.INT64, [2], [3, 5])]
-    graph = helper.make_graph(nodes, "g", [x], [y], inits)
+    n = helper.make_tensor_value_info("n", TensorProto.INT64, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "n"], ["y"])], "g", [x, n], [y])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
-@pytest.mark.parametrize("body, why", [("wrong_shape", r"returned 'y' of shape \[1, 8\]"),
-                                       ("fails", "failed to run in ONNX Runtime")])
-def test_graph_outputs_are_checked_and_failures_named(tmp_path, body, why):
+@pytest.mark.parametrize("n, why", [([2, 2], r"returned 'y' of shape \[2, 2\]"),  # the spec says [batch, 4]
+                                    ([1, 8], "failed to run in ONNX Runtime")])  # 4 values cannot be [1, 8]
+def test_graph_outputs_are_checked_and_failures_named(tmp_path, n, why):
     from neat_edge.runtimes.onnxruntime import OnnxRuntimeBackend
     from neat_edge.spec import GraphSpec, TensorSpec
 
     path = tmp_path / "g.onnx"
-    tiny_graph(path, body)
-    spec = GraphSpec("probe", (TensorSpec("x", "float32", ("batch", 4)),), (TensorSpec("y", "float32", ("batch", 4)),))
+    tiny_graph(path)
+    spec = GraphSpec("probe", (TensorSpec("x", "float32", ("batch", 4)), TensorSpec("n", "int64", (2,))),
+                     (TensorSpec("y", "float32", ("batch", 4)),))
     backend = OnnxRuntimeBackend(path, spec)
+    feeds = {"x": np.ones((1, 4), np.float32), "n": np.array(n, np.int64)}
     with pytest.raises(NeatError, match=why) as info:
-        backend.step({"x": np.ones((1, 4), np.float32)})
+        backend.step(feeds)
     assert "probe" in str(info.value)
+    assert backend.step({**feeds, "n": np.array([1, 4], np.int64)})["y"].shape == (1, 4)  # a right run passes
 
 
 def test_output_check_dtypes_axes_and_ortvalues():

@@ -41,7 +41,7 @@ def half_written(folder: Path) -> list[str]:
                   if p.name.endswith((".tmp", ".partial")) or ".old" in p.name or p.name.startswith(".commit"))
 
 
-@pytest.mark.parametrize("after", [0.3, 1.0, 2.0])
+@pytest.mark.parametrize("after", [1.0, *(pytest.param(t, marks=pytest.mark.slow) for t in (0.4, 2.0))])
 def test_interrupt_while_loading(bundle_dir, after):
     """SIGINT while the entry point imports typer, the commands and torch: the same clean exit."""
     args = [NEAT, "run", str(bundle_dir), "hello", "--max-bytes", "100000"]
@@ -65,6 +65,7 @@ def test_interrupt_during_export(tmp_path):
     assert not out.exists() and half_written(tmp_path) == []
 
 
+@pytest.mark.slow  # ~40 s: the training loop is only reached after torch and the data are loaded
 def test_interrupt_during_training(tmp_path, corpus):
     data, out = tmp_path / "data.txt", tmp_path / "ckpt"
     data.write_bytes(corpus)
