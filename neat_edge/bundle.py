@@ -166,7 +166,7 @@ def read_manifest(path: Path) -> dict:
     try:  # strict: bounded size and depth, no key twice (a manifest saying two things), finite numbers
         manifest = read_json_file(manifest_path, "bundle manifest", MAX_MANIFEST_BYTES)
     except NeatError as exc:
-        raise NeatError(f"corrupted bundle manifest: {exc}") from None
+        raise NeatError(f"corrupted {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise NeatError(f"{manifest_path} is not a NEAT bundle manifest")
     version = manifest.get("format_version")

@@ -77,9 +77,10 @@ def edit_manifest(b: Path, fn) -> Path:
 
 
 def onnx_graph(path: Path, kind: str, like: Path) -> None:
-    """Replace graph `like` with one of the same inputs and outputs (names, dtypes, declared symbolic
-    shapes) that returns wrong shapes (kind 'shape'), fails when run ('fail'), or asks for a huge
-    buffer ('alloc')."""
+    """Replace graph `like` with one of the same inputs and outputs (names, dtypes; outputs declared with
+    symbolic sizes) that returns wrong shapes (kind 'shape'), fails when run ('fail') or asks for a 4 TB
+    buffer ('alloc'). The sizes pass through a value of an input (x 0), so no shape inference can see
+    them before the run: only the run-time checks can."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -87,22 +88,24 @@ def onnx_graph(path: Path, kind: str, like: Path) -> None:
     inputs = [helper.make_tensor_value_info(i.name, i.type.tensor_type.elem_type,
                                             [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim])
               for i in src.graph.input]
-    nodes, inits, outputs = [], [], []
-    first_float = next(i.name for i in src.graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT)
+    probe = next(i.name for i in src.graph.input if i.type.tensor_type.elem_type == TensorProto.INT64)
+    nodes = [helper.make_node("ReduceMin", [probe], ["m"], keepdims=0),
+             helper.make_node("Mul", ["m", "zero_i"], ["runtime_zero"])]
+    inits = [helper.make_tensor("zero_i", TensorProto.INT64, [], [0])]
+    outputs = []
     for k, o in enumerate(src.graph.output):
         t = o.type.tensor_type.elem_type
         rank = len(o.type.tensor_type.shape.dim)
         outputs.append(helper.make_tensor_value_info(o.name, t, [f"d{k}_{j}" for j in range(rank)]))
-        shape_name = f"shape{k}"
         dims = [1] * rank if kind == "shape" else ([1 << 40] + [1] * (rank - 1) if kind == "alloc" else [7] * rank)
-        inits.append(helper.make_tensor(shape_name, TensorProto.INT64, [rank], dims))
-        zero = f"zero{k}"
-        inits.append(helper.make_tensor(zero, t, [], [0] if t != TensorProto.BOOL else [False]))
-        if kind == "fail":
-            nodes.append(helper.make_node("Reshape", [first_float, shape_name], [f"r{k}"]))
-            nodes.append(helper.make_node("CastLike", [f"r{k}", zero], [o.name]))
+        inits += [helper.make_tensor(f"c{k}", TensorProto.INT64, [rank], dims),
+                  helper.make_tensor(f"z{k}", t, [], [False] if t == TensorProto.BOOL else [0])]
+        nodes.append(helper.make_node("Add", [f"c{k}", "runtime_zero"], [f"s{k}"]))
+        if kind == "fail":  # reshape a probe of 4 values into 7 x 7 x ...: fails inside ORT when run
+            inits.append(helper.make_tensor(f"four{k}", t, [4], [False] * 4 if t == TensorProto.BOOL else [0] * 4))
+            nodes.append(helper.make_node("Reshape", [f"four{k}", f"s{k}"], [o.name]))
         else:
-            nodes.append(helper.make_node("Expand", [zero, shape_name], [o.name]))
+            nodes.append(helper.make_node("Expand", [f"z{k}", f"s{k}"], [o.name]))
     g = helper.make_graph(nodes, "hostile", inputs, outputs, inits)
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 

@@ -178,7 +178,7 @@ def test_cli_reads_in_bounded_memory(bundle_dir, hostile_files):
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: corrupted state file"), err[-2000:]
     with open(hostile_files["text"], "rb") as stdin:  # 3 GB on stdin, pass 1 asks for its first MiB
         _, stdin_peak, err = command_peak([NEAT, "run", str(bundle_dir), "--prompt-file", "-", "--dispatch-bytes",
-                                           str(1 << 20), "--max-bytes", "1"], stdin=stdin, watch=20)
+                                           str(1 << 20), "--max-bytes", "1"], stdin=stdin, watch=12)
     assert "Traceback" not in err
     print(f"\nneat run: idle {idle:.0f} MB; --state (4 GB claimed) {state_peak:.0f} MB; "
           f"3 GB prompt on stdin, --dispatch-bytes 1 MiB: {stdin_peak:.0f} MB")

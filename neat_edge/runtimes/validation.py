@@ -191,13 +191,14 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
 @functools.lru_cache(maxsize=1)
 def _runtime_errors() -> tuple:
     """ONNX Runtime's own exception types (Fail, RuntimeException, InvalidArgument, ...): what
-    InferenceSession.run raises when a graph cannot run (out of memory, a bad shape inside the graph)."""
+    InferenceSession.run raises when a graph cannot run (out of memory, a bad shape inside the graph);
+    run_with_iobinding raises a plain RuntimeError ("Error in execution: ...") for the same failures."""
     try:
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
     except ImportError:  # pragma: no cover - onnxruntime is a dependency
-        return (MemoryError,)
+        return (MemoryError, RuntimeError)
     found = [v for v in vars(ort_state).values() if isinstance(v, type) and issubclass(v, Exception)]
-    return (MemoryError, *found)
+    return (MemoryError, RuntimeError, *found)
 
 
 def guarded_run(where: str, run, *args):
