@@ -176,6 +176,17 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+def file_limits(manifest: dict) -> dict[str, int]:
+    """The most bytes the listed files of a known size can hold (the initial state: the step graph's
+    state plus its header; the checkpoint's config), checked before their sha256 is computed, so a
+    multi-GB file there is refused at once. Graphs have no such bound: hashing them is the check."""
+    limits = {canonical(f"{manifest['checkpoint']}/{CHECKPOINT_CONFIG}"): MAX_CONFIG_BYTES}
+    if manifest["graphs"]:
+        spec = GraphSpec.from_dict(next(iter(manifest["graphs"].values())))
+        limits[canonical(manifest["initial_state"])] = state_bytes(spec) + (1 << 20)
+    return limits
+
+
 def open_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     """Open and check a bundle: manifest fields, paths (inside the bundle), files (present, sha256)."""
     path = Path(path)
@@ -185,10 +196,14 @@ def open_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     config = check_manifest(manifest, path / MANIFEST)
     for where, rel in manifest_paths(manifest, path / MANIFEST):
         resolve_inside(path, rel, where)
+    most = file_limits(manifest)
     for rel, digest in manifest.get("files", {}).items():
         f = resolve_inside(path, rel, f"files.{rel}")
         if not f.is_file():
             raise NeatError(f"bundle {path} is incomplete: {rel} is missing")
+        if f.stat().st_size > most.get(canonical(rel), f.stat().st_size):
+            raise NeatError(f"bundle {path} is corrupted: {rel} holds {f.stat().st_size:,} bytes, more than "
+                            f"it can ({most[canonical(rel)]:,}): refused before hashing it")
         if verify_checksums and sha256_file(f) != digest:
             raise NeatError(f"bundle {path} is corrupted: {rel} differs from the manifest (sha256 mismatch)")
     config_rel = canonical(f"{manifest['checkpoint']}/{CHECKPOINT_CONFIG}")

@@ -23,6 +23,7 @@ PATH_KEYS = frozenset({"file", "engine", "trtexec", "timing_cache", "initial_sta
 # machine): never opened, so their strings are not bundle paths.
 PROVENANCE = frozenset({"config", "parity", "tools", "calibration", "svf_truncation_error"})
 DTYPES = frozenset({"float32", "float16", "int64", "int32", "bool", "uint8", "int8"})
+MAX_FILES = 1 << 14
 MAX_DIM = 1 << 31  # larger fixed dimensions are no real graph's and would only make allocations fail
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 STEP_INPUTS = ("bytes", "patch_ids", "patch_mask", "svf_z")
@@ -68,6 +69,8 @@ def check_manifest(manifest, path) -> NeatConfig:
     if fingerprint is not None and fingerprint != config.fingerprint():
         w.fail("fingerprint", f"is {fingerprint}, but the config's is {config.fingerprint()}")
     files = w.typed(manifest.get("files", {}), dict, "files")
+    if len(files) > MAX_FILES:  # each is resolved and hashed: a bundle has tens
+        w.fail("files", f"lists {len(files):,} files (at most {MAX_FILES:,})")
     for rel, digest in files.items():
         if not isinstance(digest, str) or not SHA256.match(digest):
             w.fail(f"files.{rel}", "must be a sha256 digest (64 lowercase hex digits)")

@@ -42,10 +42,10 @@ def read_corpus(path: str | Path | None, segments: int | None, segment_len: int)
             raise NeatError(f"corpus file not found: {p}")
         if p.is_dir():
             raise NeatError(f"corpus {p} is a directory, not a file")
-        try:
-            data, name = read_head(p, "corpus", limit, whole=segments is None), str(p)
-        except NeatError as exc:
-            raise NeatError(f"{exc}{' (pass --segments N to use its start)' if segments is None else ''}") from None
+        if segments is None and p.is_file() and p.stat().st_size > limit:
+            raise NeatError(f"corpus {p} is refused: {p.stat().st_size:,} bytes, at most {limit:,} are scored "
+                            "whole (pass --segments N to use its start)")
+        data, name = read_head(p, "corpus", limit), str(p)
     data = data[:limit]
     if not data:
         raise NeatError(f"corpus {name} is empty")
