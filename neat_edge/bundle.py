@@ -187,6 +187,14 @@ def file_limits(manifest: dict) -> dict[str, int]:
     return limits
 
 
+def check_install_target(out: Path) -> None:
+    """`out` may receive a bundle: absent, or a NEAT bundle to replace (checked before an export starts,
+    and again when export/bundle.py installs one)."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (out / MANIFEST).is_file()):
+        raise NeatError(f"refusing to overwrite {out}: it exists and is not a NEAT bundle")
+
+
 def open_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     """Open and check a bundle: manifest fields, paths (inside the bundle), files (present, sha256)."""
     path = Path(path)

@@ -15,6 +15,8 @@ import errno
 import hashlib
 import json
 import os
+import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -252,6 +254,30 @@ def exchange_paths(a: str | Path, b: str | Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
         return False
     raise OSError(err, os.strerror(err), os.fspath(a))
+
+
+@contextlib.contextmanager
+def shielded():
+    """A cleanup that a second Ctrl-C must not cut short (removing a staging folder after the first):
+    SIGINT is held while the block runs and raised as KeyboardInterrupt after it (main thread only)."""
+    held = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: held.append(1))
+    except ValueError:  # not the main thread: nothing to hold
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and previous is signal.default_int_handler:
+        raise KeyboardInterrupt
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree, shielded from a Ctrl-C: a staging folder is removed whole."""
+    with shielded():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def sha256_file(path: str | Path) -> str:

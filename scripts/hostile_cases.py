@@ -477,11 +477,15 @@ def main() -> int:
     # --- F. full filesystems -----------------------------------------------------------------------------------------
     full = tmpfs_runner()
     if full is not None:
-        cli("full fs: save a new state", [*full, "1M", NEAT, "run", B, "x", "--max-bytes", "1", "--state", "/mnt/s"],
+        cli("full fs: save a new state", [*full, "256K", NEAT, "run", B, "x", "--max-bytes", "1", "--state", "/mnt/s"],
             "no space left")
+        keep = (f"{NEAT} run {B} x --max-bytes 1 --state /mnt/s 2>/dev/null && sha=$(sha256sum /mnt/s) && "
+                f"(dd if=/dev/zero of=/mnt/fill bs=4k 2>/dev/null; true) && {NEAT} run {B} y --max-bytes 1 --state /mnt/s;"
+                ' rc=$?; [ "$(sha256sum /mnt/s)" = "$sha" ] || echo "LEFT BEHIND: the old state changed" >&2; exit $rc')
+        cli("full fs: replace an old state", [*full, "2M", "sh", "-c", keep], "intact")
         cli("full fs: export", [*full, "4M", EXPORT, "--out", "/mnt/b", "--no-verify"], "error")
         cli("full fs: --json", [*full, "4K", NEAT, "run", B, "x", "--max-bytes", "1", "--json", "/mnt/x/y/o.json"],
-            "error")
+            None)
         cli("full fs: train checkpoint", [*full, "2M", NEAT, "train", "--data", str(bundle / "neat.json"),
                                           "--out", "/mnt/c", "--steps", "2", "--batch-size", "1"], "error")
         cli("full fs: info --json", [*full, "1K", NEAT, "info", B, "--json", "/mnt/i.json"], None)

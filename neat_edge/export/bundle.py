@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save
 
 import neat_edge
-from neat_edge.bundle import CHECKPOINT_DIR, FORMAT, FORMAT_VERSION, INITIAL_STATE, MANIFEST
+from neat_edge.bundle import CHECKPOINT_DIR, FORMAT, FORMAT_VERSION, INITIAL_STATE, MANIFEST, check_install_target
 from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write_bytes, default_mode, exchange_paths, rename_new, sha256_file
+from neat_edge.fileio import atomic_write_bytes, default_mode, exchange_paths, remove_tree, rename_new, sha256_file
 from neat_edge.model.checkpoint import save_checkpoint
 from neat_edge.model.neat import NeatModel, count_parameters
 from neat_edge.spec import STATE_IN, GraphSpec
@@ -152,13 +152,6 @@ def staging_dir(out: Path) -> Path:
     return staged
 
 
-def check_install_target(out: Path) -> None:
-    """`out` may receive a bundle: absent, or a NEAT bundle to replace (checked before an export starts,
-    and again when it installs)."""
-    if out.exists() and not (out.is_dir() and (out / MANIFEST).is_file()):
-        raise NeatError(f"refusing to overwrite {out}: it exists and is not a NEAT bundle")
-
-
 def install_bundle(staged: Path, out: Path) -> None:
     """Move a finished bundle into place (replacing an older bundle at that path). An existing bundle
     is swapped with the new one in one atomic rename where the OS can (a kill at any point leaves a
@@ -184,6 +177,6 @@ def install_bundle(staged: Path, out: Path) -> None:
             raise NeatError(f"{out} appeared while this export ran (another export installed it first): "
                             "this bundle was not installed and nothing of it was kept") from None
     finally:
-        shutil.rmtree(staged, ignore_errors=True)  # the old bundle after an exchange, or this one if refused
+        remove_tree(staged)  # the old bundle after an exchange, or this one if refused
 
 

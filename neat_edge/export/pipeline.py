@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from neat_edge.bundle import Bundle
+from neat_edge.bundle import Bundle, check_install_target
 from neat_edge.calibration.coreml import COMPRESSIONS as COREML_COMPRESSIONS  # Core ML weight compression
 from neat_edge.errors import NeatError
-from neat_edge.export.bundle import check_install_target, install_bundle, staging_dir, write_bundle_files
+from neat_edge.export.bundle import install_bundle, staging_dir, write_bundle_files
 from neat_edge.export.precision import PRECISIONS, quiet_exporter_logs
 from neat_edge.export.verify import (
     BPB_TOLERANCE,
@@ -21,6 +21,7 @@ from neat_edge.export.verify import (
     parity_report,
     read_corpus,
 )
+from neat_edge.fileio import remove_tree
 from neat_edge.model.neat import NeatModel
 from neat_edge.spec import step_spec
 
@@ -114,7 +115,7 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
             manifest["parity"] = verify_bundle(staged, manifest, corpus, segments, tolerance)
         bundle.save_manifest()
     except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
+        remove_tree(staged)
         raise
     if verify and not manifest["parity"]["passed"]:
         failed = out.with_name(out.name + ".failed")
@@ -122,7 +123,7 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
             shutil.rmtree(failed, ignore_errors=True)
             staged.rename(failed)
         except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
+            remove_tree(staged)
             raise
         decode = manifest["parity"].get("decode") or {"backends": {}}
         results = [(name, r) for name, r in manifest["parity"]["backends"].items()]

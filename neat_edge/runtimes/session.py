@@ -304,6 +304,7 @@ class Session:
     def append(self, data) -> None:
         """Advance the stream by `data` (bytes, or int tokens: specials, MVoT image tokens) without scoring it:
         what generate() does with its prompt and each chosen byte (neat_edge.hf drives a stream this way)."""
+        validation.check_tokens(data, self.config, "append")
         self._append_known(data)
 
     def _append_known(self, data) -> None:

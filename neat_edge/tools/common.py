@@ -11,7 +11,9 @@ integers within the option's own max or MAX_CLI_INT.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
 import traceback
 
@@ -104,8 +106,7 @@ def run_app(app) -> None:
         print_error(msg)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        print_error("interrupted")
-        sys.exit(INTERRUPTED_EXIT)
+        _exit_interrupted()
     except MemoryError:
         if debug:
             traceback.print_exc()
@@ -117,9 +118,18 @@ def run_app(app) -> None:
         print_error(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for details")
         sys.exit(1)
     if code == INTERRUPTED_EXIT:  # typer's own KeyboardInterrupt handling returns Exit(130)
-        print_error("interrupted")
+        _exit_interrupted()
     if isinstance(code, int) and code:  # typer.Exit(code) / --help's exit
         sys.exit(code)
+
+
+def _exit_interrupted():
+    """`error: interrupted`, exit 130; a second Ctrl-C while exiting (libraries' exit handlers run) is
+    ignored rather than ending the process by the signal with a traceback."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print_error("interrupted")
+    sys.exit(INTERRUPTED_EXIT)
 
 
 def check_torch_device(device: str) -> None:

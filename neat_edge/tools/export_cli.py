@@ -44,6 +44,10 @@ def export_command(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Export a model (default: the bundled trained tiny checkpoint) to a verified bundle."""
+    from neat_edge.bundle import check_install_target
+
+    if target != "triton":
+        check_install_target(out)  # before torch loads: a bad --out is refused in a second
     from neat_edge.export.pipeline import export_bundle
     from neat_edge.model.checkpoint import load
 
