@@ -105,7 +105,7 @@ def read_head(path: str | Path, what: str, limit: int, whole: bool = False) -> b
             size = os.fstat(fh.fileno()).st_size
             if whole and size > limit:
                 raise NeatError(f"{what} {path} is refused: {size:,} bytes, at most {limit:,} are read")
-            data = fh.read(limit + 1 if whole else limit)
+            data = fh.read(min(limit + 1 if whole else limit, size + 1))  # never a buffer of the limit's size
     except OSError as exc:
         raise NeatError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if whole and len(data) > limit:  # a stream that reported no size

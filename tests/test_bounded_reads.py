@@ -200,3 +200,13 @@ def test_command_readers_cut_at_their_use(tmp_path):
     data, used = load_filler([big], limit=5000)
     assert len(data) == 5000 and used == 1
     assert time.perf_counter() - start < REFUSAL_SECONDS
+
+
+def test_a_huge_limit_allocates_only_the_file(tmp_path):
+    """`--segments 2147483647` asks read_corpus for 256 GB of a 13 KB file: no buffer of the limit's size."""
+    from neat_edge.export.verify import read_corpus
+
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"abc" * 100)
+    assert read_head(small, "corpus", 1 << 40) == b"abc" * 100
+    assert read_corpus(small, (1 << 31) - 1, 128)[0] == b"abc" * 100

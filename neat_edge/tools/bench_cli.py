@@ -109,7 +109,7 @@ def bench_command(
     batch: int = typer.Option(1, "--batch", min=1, max=4096, help="Streams per timed step (step latency)."),
     data: Path | None = typer.Option(None, "--data", "--corpus", help="Text to score for bits/byte and throughput "
                                                                       "(default: CPython's LICENSE.txt)."),
-    segments: int = typer.Option(32, "--segments", min=1, help="Segments of --data to score."),
+    segments: int = typer.Option(32, "--segments", min=1, max=1 << 16, help="Segments of --data to score."),
     runs: int = typer.Option(50, "--runs", min=1, help="Timed step runs."),
     warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed warm-up steps."),
     generate_bytes: int = typer.Option(GENERATE_BYTES, "--generate-bytes", min=1,
