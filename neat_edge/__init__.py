@@ -1,14 +1,29 @@
-"""NEAT-Edge: a deployable byte-level model uniting BLT, Titans, Transformer² and MVoT."""
+"""NEAT-Edge: a deployable byte-level model uniting BLT, Titans, Transformer² and MVoT.
 
-from importlib.metadata import PackageNotFoundError, version
+The package's names are loaded on first use: every CLI start imports this package before its own
+Ctrl-C handling is in place (neat_edge/tools/__init__.py), so it imports nothing itself."""
 
-from neat_edge.config import NeatConfig, preset
-from neat_edge.errors import NeatError
+_LAZY = {"NeatConfig": ("neat_edge.config", "NeatConfig"), "preset": ("neat_edge.config", "preset"),
+         "NeatError": ("neat_edge.errors", "NeatError")}
 
-try:
-    __version__ = version("neat-edge")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.1.0"
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("neat-edge")
+        except PackageNotFoundError:  # running from a source tree
+            value = "0.1.0"
+    else:
+        raise AttributeError(f"module 'neat_edge' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def load(path_or_preset="default", svf: bool = True):

@@ -12,14 +12,12 @@ one's format, shapes and digest) and a TensorRT engine built on the GPU machine 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file as load_numpy
 
+from neat_edge.bounded import read_head, read_json_file
 from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
 from neat_edge.fileio import atomic_write_json, sha256_file
@@ -29,7 +27,9 @@ from neat_edge.spec import STATE_IN, GraphSpec
 FORMAT, FORMAT_VERSION = "neat-bundle", 1
 MANIFEST, INITIAL_STATE, CHECKPOINT_DIR = "neat.json", "initial_state.safetensors", "checkpoint"
 CHECKPOINT_CONFIG = "config.json"  # model/checkpoint.py's CONFIG_FILE (this module sits below the model)
-MAX_MANIFEST_BYTES = 64 << 20  # a real manifest is tens of KB; a larger one is not read into memory
+MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is tens of KB; a larger one is not read into memory
+MAX_CONFIG_BYTES = 1 << 20
+MAX_STATE_BYTES = 256 << 20  # an initial state read without a spec to size it
 
 
 def is_inside(path: Path, root: Path) -> bool:
@@ -100,13 +100,13 @@ class Bundle:
     def initial_state(self, spec: GraphSpec | None = None) -> dict[str, np.ndarray]:
         """The state of a fresh stream, checked against `spec` (default: the manifest's step graph):
         exactly its state inputs, their dtypes and shapes (batch 1), finite values."""
+        from neat_edge.tensorfile import read_tensors
+
         path = self.file(self.manifest["initial_state"], "initial_state")
-        try:
-            tensors = load_numpy(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise NeatError(f"corrupted initial state in bundle {self.path}: {exc}") from None
         if spec is None and self.manifest["graphs"]:
             spec = GraphSpec.from_dict(next(iter(self.manifest["graphs"].values())))
+        tensors, _ = read_tensors(path, f"initial state of bundle {self.path}", require_digest=False,
+                                  max_bytes=state_bytes(spec) if spec is not None else MAX_STATE_BYTES)
         if spec is not None:
             check_state_tensors(tensors, spec, f"initial state of bundle {self.path}")
         return {k[len(STATE_IN):]: v for k, v in tensors.items()}
@@ -121,6 +121,23 @@ class Bundle:
 
     def save_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest)
+
+
+def state_bytes(spec: GraphSpec, batch: int = 1) -> int:
+    """The bytes of a state for `spec`: the most a state file of this graph holds, so a larger claim is
+    refused before it is read (a state with a dynamic axis besides the batch: the readers' default cap)."""
+    from neat_edge.tensorfile import MAX_FILE_BYTES
+
+    total = 0
+    for t in spec.inputs:
+        if t.name.startswith(STATE_IN):
+            n = np.dtype(t.dtype).itemsize
+            for d in t.shape:
+                if isinstance(d, str) and d != "batch":
+                    return MAX_FILE_BYTES
+                n *= batch if d == "batch" else d
+            total += n
+    return total
 
 
 def check_state_tensors(tensors: dict[str, np.ndarray], spec: GraphSpec, what: str) -> None:
@@ -146,12 +163,10 @@ def read_manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise NeatError(f"{path} is not a NEAT bundle (no {MANIFEST})")
-    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise NeatError(f"{manifest_path} is not a NEAT bundle manifest (over {MAX_MANIFEST_BYTES >> 20} MB)")
-    try:
-        manifest = json.loads(manifest_path.read_bytes())
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
-        raise NeatError(f"corrupted bundle manifest {manifest_path}: {str(exc)[:200]}") from None
+    try:  # strict: bounded size and depth, no key twice (a manifest saying two things), finite numbers
+        manifest = read_json_file(manifest_path, "bundle manifest", MAX_MANIFEST_BYTES)
+    except NeatError as exc:
+        raise NeatError(f"corrupted {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise NeatError(f"{manifest_path} is not a NEAT bundle manifest")
     version = manifest.get("format_version")
@@ -159,6 +174,25 @@ def read_manifest(path: Path) -> dict:
         raise NeatError(f"bundle {path} has format version {str(version)[:40]}, this neat-edge "
                         f"reads version {FORMAT_VERSION}: re-export it with this version")
     return manifest
+
+
+def file_limits(manifest: dict) -> dict[str, int]:
+    """The most bytes the listed files of a known size can hold (the initial state: the step graph's
+    state plus its header; the checkpoint's config), checked before their sha256 is computed, so a
+    multi-GB file there is refused at once. Graphs have no such bound: hashing them is the check."""
+    limits = {canonical(f"{manifest['checkpoint']}/{CHECKPOINT_CONFIG}"): MAX_CONFIG_BYTES}
+    if manifest["graphs"]:
+        spec = GraphSpec.from_dict(next(iter(manifest["graphs"].values())))
+        limits[canonical(manifest["initial_state"])] = state_bytes(spec) + (1 << 20)
+    return limits
+
+
+def check_install_target(out: Path) -> None:
+    """`out` may receive a bundle: absent, or a NEAT bundle to replace (checked before an export starts,
+    and again when export/bundle.py installs one)."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (out / MANIFEST).is_file()):
+        raise NeatError(f"refusing to overwrite {out}: it exists and is not a NEAT bundle")
 
 
 def open_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
@@ -170,18 +204,23 @@ def open_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     config = check_manifest(manifest, path / MANIFEST)
     for where, rel in manifest_paths(manifest, path / MANIFEST):
         resolve_inside(path, rel, where)
+    most = file_limits(manifest)
     for rel, digest in manifest.get("files", {}).items():
         f = resolve_inside(path, rel, f"files.{rel}")
         if not f.is_file():
             raise NeatError(f"bundle {path} is incomplete: {rel} is missing")
+        if f.stat().st_size > most.get(canonical(rel), f.stat().st_size):
+            raise NeatError(f"bundle {path} is corrupted: {rel} holds {f.stat().st_size:,} bytes, more than "
+                            f"it can ({most[canonical(rel)]:,}): refused before hashing it")
         if verify_checksums and sha256_file(f) != digest:
             raise NeatError(f"bundle {path} is corrupted: {rel} differs from the manifest (sha256 mismatch)")
     config_rel = canonical(f"{manifest['checkpoint']}/{CHECKPOINT_CONFIG}")
     bundle = Bundle(path, manifest)
     if config_rel in bundle.listed:  # the checkpoint's config is covered by the checksums: they must agree
         try:
-            own = NeatConfig.from_json(resolve_inside(path, config_rel).read_text())
-        except (OSError, UnicodeDecodeError, TypeError) as exc:
+            own = NeatConfig.from_json(read_head(resolve_inside(path, config_rel), "config", MAX_CONFIG_BYTES,
+                                                 whole=True))
+        except (NeatError, TypeError) as exc:
             raise NeatError(f"bundle {path}: cannot read {config_rel}: {exc}") from None
         if own != config:
             raise NeatError(f"bundle {path}: the manifest's config differs from {config_rel}")

@@ -189,20 +189,15 @@ class NeatConfig:
 
     @classmethod
     def from_json(cls, text: str) -> NeatConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise NeatError(f"config is not valid JSON: {exc.msg} (line {exc.lineno})") from None
-        return cls.from_dict(data)
+        from neat_edge.bounded import loads_json  # strict: depth-bounded, no key twice, finite numbers
+
+        return cls.from_dict(loads_json(text, "config"))
 
     @classmethod
     def load(cls, path: str | Path) -> NeatConfig:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise NeatError(f"cannot read config {path}: {exc.strerror}") from None
-        return cls.from_json(text)
+        from neat_edge.bounded import read_head
+
+        return cls.from_json(read_head(Path(path), "config", 1 << 20, whole=True))  # a config is ~1 KB
 
     def fingerprint(self) -> str:
         """Short hash of the architecture (not the weights): states and bundles are checked against it."""

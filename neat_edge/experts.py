@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import warnings
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neat_edge.bounded import loads_json
 from neat_edge.bundle import is_inside, resolve_inside
 from neat_edge.errors import NeatError
 from neat_edge.tensorfile import read_tensors, write_tensors
@@ -36,6 +38,8 @@ from neat_edge.tensorfile import read_tensors, write_tensors
 EXPERT_FORMAT, DISPATCH_FORMAT = "neat-expert/1", "neat-dispatch-head/1"
 EXPERTS_DIR, DISPATCH_HEAD_FILE = "experts", "dispatch_head.safetensors"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_EXPERT_BYTES = 64 << 20  # an expert is one z per SVF layer: KBs (the bound when no layout sizes it)
+MAX_EXPERT_FILES = 1024  # files of experts/ a library looks at: every session opens the folder
 
 
 # --- identity of the base weights --------------------------------------------------------------
@@ -104,11 +108,11 @@ def save_expert(path: str | Path, domain: str, z: dict[str, np.ndarray], metadat
     return write_tensors(path, tensors, meta, "expert file")
 
 
-def load_expert(path: str | Path) -> Expert:
+def load_expert(path: str | Path, max_bytes: int = MAX_EXPERT_BYTES) -> Expert:
     """An expert file, checked: its digest (files saved before digests existed have none), format,
-    and z as finite 1-D float vectors."""
+    and z as finite 1-D float vectors. max_bytes: the most tensor bytes it may hold (read bounded)."""
     path = Path(path)
-    tensors, meta = read_tensors(path, "expert file", require_digest=False)
+    tensors, meta = read_tensors(path, "expert file", require_digest=False, max_bytes=max_bytes)
     if meta.get("format") != EXPERT_FORMAT:
         raise NeatError(f"{path} is not a NEAT expert file (format {str(meta.get('format'))[:40]!r})")
     if any(t.ndim != 1 or t.dtype.kind != "f" or not np.isfinite(t).all() for t in tensors.values()):
@@ -118,6 +122,20 @@ def load_expert(path: str | Path) -> Expert:
 
 
 # --- a folder of experts -------------------------------------------------------------------------
+def expert_files(folder: Path, skipped: dict) -> list[Path]:
+    """The *.safetensors entries of `folder`, sorted, at most MAX_EXPERT_FILES of them (the folder is
+    listed without sorting or holding more names than that: a folder of a million files costs little)."""
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".safetensors"):
+                if len(found) == MAX_EXPERT_FILES:
+                    skipped["(more files)"] = f"{folder} holds over {MAX_EXPERT_FILES} expert files: the rest are ignored"
+                    break
+                found.append(Path(entry.path))
+    return sorted(found)
+
+
 class ExpertLibrary:
     """The experts in a folder, checked against a model's SVF layout and base weights. The folder is
     read when the library is opened, so a file copied in is found by the next session."""
@@ -129,13 +147,15 @@ class ExpertLibrary:
         self.dispatch_slots = list(dispatch_slots or [])  # expert name behind each dispatch-head output
         self.experts: dict[str, Expert] = {}
         self.skipped: dict[str, str] = {}  # file -> why it is not usable
+        # z in float64 at most: a file claiming more is refused before its payload is read
+        max_bytes = 8 * self.svf_rank + 4096 if layout else MAX_EXPERT_BYTES
         if folder is not None and folder.is_dir():
-            for f in sorted(folder.glob("*.safetensors")):
+            for f in expert_files(folder, self.skipped):
                 if root is not None and not is_inside(f.resolve(), Path(root).resolve()):
                     self.skipped[f.name] = f"expert file {f} is a link that leaves the bundle: refused"
                     continue
                 try:
-                    expert = load_expert(f)
+                    expert = load_expert(f, max_bytes)
                     self.check(expert)
                 except NeatError as exc:
                     self.skipped[f.name] = str(exc)
@@ -213,12 +233,13 @@ def apply_dispatch_head(model, checkpoint_dir: Path) -> None:
     model.dispatch_slots = []
     if not path.is_file():
         return
-    tensors, meta = read_tensors(path, "dispatch head", require_digest=False)
-    try:
-        slots = json.loads(meta.get("experts", "[]"))
-    except ValueError as exc:
-        raise NeatError(f"corrupted dispatch head {path}: {exc}") from None
     head = model.dispatch_head
+    tensors, meta = read_tensors(path, "dispatch head", require_digest=False,
+                                 max_bytes=8 * (head.weight.numel() + head.bias.numel()))
+    try:
+        slots = loads_json(meta.get("experts", "[]"), "its expert list")
+    except NeatError as exc:
+        raise NeatError(f"corrupted dispatch head {path}: {exc}") from None
     if meta.get("format") != DISPATCH_FORMAT or set(tensors) != {"weight", "bias"} \
             or tensors["weight"].shape != tuple(head.weight.shape) or tensors["bias"].shape != tuple(head.bias.shape) \
             or not isinstance(slots, list) or not all(isinstance(x, str) for x in slots) or len(slots) > head.bias.shape[0]:

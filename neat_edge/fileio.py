@@ -15,14 +15,18 @@ import errno
 import hashlib
 import json
 import os
+import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from neat_edge.errors import NeatError
+from neat_edge.bounded import read_json_file
+from neat_edge.errors import FULL_ERRNOS, DiskFullError, NeatError
 
 JOURNAL = ".commit-journal.json"  # the renames a multi-file commit still owes (see commit_together)
+MAX_JOURNAL_BYTES = 1 << 20  # a journal lists a handful of renames
 
 
 def _umask() -> int:
@@ -51,18 +55,48 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_temp(path: Path, writer: Callable[[Path], None]) -> Path:
-    """`writer` fills a new temporary file next to `path`; it is fsync'ed and given path's mode."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+def _out_of_space(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space or quota: an OSError says so by its errno; a library's
+    own error (safetensors', torch's) by the OS error it quotes or, failing that, a filesystem left
+    with (almost) no free blocks, looked at before the partial file is removed."""
+    if isinstance(exc, OSError):
+        return exc.errno in FULL_ERRNOS
+    if not isinstance(exc, Exception):
+        return False  # KeyboardInterrupt, SystemExit: not a write failure
+    text = str(exc)
+    if any(f"os error {n})" in text or f"code: {n}," in text for n in FULL_ERRNOS):
+        return True
     try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+def disk_full(path: Path, exc: BaseException) -> DiskFullError:
+    errnum = exc.errno if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS else errno.ENOSPC
+    kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+    return DiskFullError(f"cannot write {path}: {os.strerror(errnum).lower()} ({kept})", errnum, str(path))
+
+
+def _write_temp(path: Path, writer: Callable[[Path], None]) -> Path:
+    """`writer` fills a new temporary file next to `path`; it is fsync'ed and given path's mode. A write
+    that runs out of space or quota is one DiskFullError, and `path` is untouched."""
+    tmp = None
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         writer(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else default_mode())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        full = not isinstance(exc, DiskFullError) and _out_of_space(exc, path.parent)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if full:
+            raise disk_full(path, exc) from None
         raise
     return tmp
 
@@ -128,9 +162,9 @@ def recover(folder: str | Path) -> None:
     if not journal.is_file():
         return
     try:
-        entries = json.loads(journal.read_text())
+        entries = read_json_file(journal, "commit journal", MAX_JOURNAL_BYTES)
         pairs = [(str(a), str(b)) for a, b in entries]
-    except (ValueError, TypeError, OSError) as exc:
+    except (NeatError, ValueError, TypeError) as exc:
         raise NeatError(f"unreadable commit journal {journal}: {exc}") from None
     for tmp, final in pairs:  # plain names inside this folder only: a journal never moves files elsewhere
         if {"/", "\\", "\0"} & set(tmp + final) or final in ("", ".", "..") or not tmp.endswith(".tmp"):
@@ -170,6 +204,34 @@ def atomic_write_json(path: str | Path, obj) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _renameat2(src: str | Path, dst: str | Path, flags: int) -> bool | None:
+    """renameat2(src, dst, flags) (Linux): True done, None unsupported here; other failures raise OSError."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if not hasattr(libc, "renameat2"):
+        return None
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(os.fspath(src)), at_fdcwd, os.fsencode(os.fspath(dst)), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return None
+    raise OSError(err, os.strerror(err), os.fspath(dst))
+
+
+def rename_new(src: str | Path, dst: str | Path) -> None:
+    """Rename src to dst only if dst does not exist (RENAME_NOREPLACE where the OS has it: two installs
+    racing for one path cannot both win). FileExistsError when dst is there."""
+    rename_noreplace = 1
+    if _renameat2(src, dst, rename_noreplace) is None:
+        if os.path.lexists(dst):  # no atomic form here: the check and the rename are two steps
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst))
+        os.rename(src, dst)
+    _fsync_dir(Path(dst).parent)
+
+
 def exchange_paths(a: str | Path, b: str | Path) -> bool:
     """Swap two directory entries in one atomic step (Linux renameat2 RENAME_EXCHANGE, macOS renamex_np
     RENAME_SWAP). False where the OS or filesystem cannot; the caller then falls back to two renames."""
@@ -192,6 +254,30 @@ def exchange_paths(a: str | Path, b: str | Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
         return False
     raise OSError(err, os.strerror(err), os.fspath(a))
+
+
+@contextlib.contextmanager
+def shielded():
+    """A cleanup that a second Ctrl-C must not cut short (removing a staging folder after the first):
+    SIGINT is held while the block runs and raised as KeyboardInterrupt after it (main thread only)."""
+    held = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: held.append(1))
+    except ValueError:  # not the main thread: nothing to hold
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and previous is signal.default_int_handler:
+        raise KeyboardInterrupt
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree, shielded from a Ctrl-C: a staging folder is removed whole."""
+    with shielded():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -13,7 +13,7 @@ import re
 
 from neat_edge.config import NeatConfig
 from neat_edge.errors import NeatError
-from neat_edge.spec import STATE_IN, STATE_OUT
+from neat_edge.spec import CACHE_IN, CACHE_OUT, STATE_IN, STATE_OUT
 
 # Keys whose string values are paths relative to the bundle, wherever they appear in the manifest
 # (a graph entry's file / engine / trtexec recipe / timing cache, an expert's file, the initial state,
@@ -23,6 +23,7 @@ PATH_KEYS = frozenset({"file", "engine", "trtexec", "timing_cache", "initial_sta
 # machine): never opened, so their strings are not bundle paths.
 PROVENANCE = frozenset({"config", "parity", "tools", "calibration", "svf_truncation_error"})
 DTYPES = frozenset({"float32", "float16", "int64", "int32", "bool", "uint8", "int8"})
+MAX_FILES = 1 << 14
 MAX_DIM = 1 << 31  # larger fixed dimensions are no real graph's and would only make allocations fail
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 STEP_INPUTS = ("bytes", "patch_ids", "patch_mask", "svf_z")
@@ -68,6 +69,8 @@ def check_manifest(manifest, path) -> NeatConfig:
     if fingerprint is not None and fingerprint != config.fingerprint():
         w.fail("fingerprint", f"is {fingerprint}, but the config's is {config.fingerprint()}")
     files = w.typed(manifest.get("files", {}), dict, "files")
+    if len(files) > MAX_FILES:  # each is resolved and hashed: a bundle has tens
+        w.fail("files", f"lists {len(files):,} files (at most {MAX_FILES:,})")
     for rel, digest in files.items():
         if not isinstance(digest, str) or not SHA256.match(digest):
             w.fail(f"files.{rel}", "must be a sha256 digest (64 lowercase hex digits)")
@@ -191,15 +194,29 @@ def check_decode(w: Where, decode, config: NeatConfig) -> None:
     for key in ("segment_len", "context_len", "memory_chunks"):
         if w.typed(decode.get(key), int, f"decode.{key}") != getattr(config, key):
             w.fail(f"decode.{key}", f"is {decode[key]}, the config's is {getattr(config, key)}")
-    names = set()
+    names, caches = set(), {}
     for i, cache in enumerate(w.typed(decode.get("caches"), list, "decode.caches")):
         at = f"decode.caches[{i}]"
         names.add(check_tensor(w, at, cache, names))
+        caches[cache["name"]] = (cache["dtype"], cache["shape"])
         if not 0 <= w.typed(cache.get("max_length"), int, f"{at}.max_length") < MAX_DIM:
             w.fail(f"{at}.max_length", "must be in 0..2^31")
     for target, graphs in w.typed(decode.get("graphs"), dict, "decode.graphs").items():
         for name, entry in w.typed(graphs, dict, f"decode.graphs.{target}").items():
-            check_graph_entry(w, f"decode.graphs.{target}.{name}", entry)
+            field = f"decode.graphs.{target}.{name}"
+            tensors = check_graph_entry(w, field, entry)
+            # every cache a decode graph takes or returns is one decode.caches lists, with its dtype and shape
+            # (the entropy model's graphs carry the caches named entropy.*)
+            prefix = "entropy." if name.startswith("entropy_") else ""
+            for tensor, (io, dtype, shape) in tensors.items():
+                stem = CACHE_IN if io == "inputs" else CACHE_OUT
+                if not tensor.startswith(stem):
+                    continue
+                listed = caches.get(prefix + tensor[len(stem):])
+                if listed is None:
+                    w.fail(f"{field}.{io}", f"'{tensor}' is a cache decode.caches does not list")
+                if listed != (dtype, shape):
+                    w.fail(f"{field}.{io}", f"'{tensor}' is {dtype} {shape}, decode.caches says {listed[0]} {listed[1]}")
 
 
 def check_experts(w: Where, manifest: dict) -> None:

@@ -47,6 +47,8 @@ ALPHABET = (string.ascii_letters + string.digits).encode()
 PREFIX_BYTES, CONTINUATION_BYTES, MIN_LENGTH = 8, 24, 32
 DEFAULT_DISTANCES = (256, 1024, 4096, 16384)
 ARMS = {"carry": "carry", "reset": "reset-each-segment"}  # JSON key -> evaluation memory mode
+MAX_FILLER_BYTES = 64 << 20  # filler read (trials sample from it): later bytes are not read
+MAX_LENGTH, MAX_TRIALS, MAX_DISTANCE = 1 << 16, 1 << 16, MAX_FILLER_BYTES
 
 
 @dataclass(frozen=True)
@@ -67,23 +69,23 @@ def parse_distances(text: str) -> list[int]:
         distances = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise NeatError(f"--distances must be comma-separated whole numbers of bytes, got '{text}'") from None
-    if not distances or any(d < 1 for d in distances):
-        raise NeatError(f"--distances must list byte counts >= 1, got '{text}'")
+    if not distances or any(not 1 <= d <= MAX_DISTANCE for d in distances):
+        raise NeatError(f"--distances must list byte counts in 1..{MAX_DISTANCE:,}, got '{text[:80]}'")
     if len(set(distances)) != len(distances):
         raise NeatError(f"--distances lists a distance twice: '{text}'")
     return distances
 
 
-def load_filler(paths) -> tuple[bytes, int]:
-    """The filler files' bytes, concatenated (directories expanded as `neat train --data` does), and how
-    many files there were."""
+def load_filler(paths, limit: int = MAX_FILLER_BYTES) -> tuple[bytes, int]:
+    """The filler files' bytes, concatenated (directories expanded as `neat train --data` does) and cut
+    at `limit` bytes (later files are not read once it is reached), and how many files were used."""
+    from neat_edge.bounded import read_heads
     from neat_edge.training.data import collect_files
 
     for p in paths:
         if not Path(p).exists():
             raise NeatError(f"filler not found: {p}")
-    files = [f for f, _ in collect_files(paths)]
-    return b"".join(f.read_bytes() for f in files), len(files)
+    return read_heads([f for f, _ in collect_files(paths)], "filler", limit)
 
 
 def visible_to_attention(first_start: int, predicted: int, segment_len: int, context_len: int) -> bool:
@@ -96,10 +98,11 @@ def make_trials(filler: bytes, distances, trials: int, length: int, segment_len:
                 context_len: int = 0):
     """{distance: [Trial] * trials}, all drawn from `seed`. A distance whose whole trial (string, gap,
     repeat and continuation) fits in one segment gets leads that keep it in one (inside attention)."""
-    if length < MIN_LENGTH:
-        raise NeatError(f"--length must be at least {MIN_LENGTH} bytes (8 to prompt + 24 to continue), got {length}")
-    if trials < 1:
-        raise NeatError(f"--trials must be at least 1, got {trials}")
+    for name, value, low, high in (("--length", length, MIN_LENGTH, MAX_LENGTH), ("--trials", trials, 1, MAX_TRIALS),
+                                   ("--seed", seed, 0, (1 << 63) - 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            why = " (8 to prompt + 24 to continue)" if name == "--length" else ""
+            raise NeatError(f"{name} must be an integer in {low:,}..{high:,}{why}, got {value!r}")
     need = 2 * segment_len - 1 + max(distances)
     if len(filler) < need:
         raise NeatError(f"the filler has {len(filler):,} bytes; distance {max(distances):,} needs at least "

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import sys
 from collections import Counter
 from pathlib import Path
@@ -126,3 +127,90 @@ def assert_cli_outcome(code: int, out: bytes, err: str, argv) -> None:
         errors = [line for line in lines if line.startswith("error:")]
         assert len(errors) == 1 and lines[-1] == errors[0] and lines[-1].startswith("error: "), (argv, code, err[-2000:])
         assert "internal error" not in lines[-1], (argv, lines[-1])
+
+
+# --- strategies for the bounded readers (tests/test_bounded_reads.py) -------------------------------
+def _nested(kinds: str, depth: int, leaf: str) -> str:
+    """`leaf` inside `depth` levels of lists and objects (kinds cycles through 'l' and 'd')."""
+    opens = "".join("[" if kinds[i % len(kinds)] == "l" else '{"k":' for i in range(depth))
+    closes = "".join("]" if kinds[i % len(kinds)] == "l" else "}" for i in reversed(range(depth)))
+    return opens + leaf + closes
+
+
+def json_documents():
+    """(text, nesting depth, strictly valid?) of JSON documents from flat to 50,000 levels deep, around
+    the depth bound, with strings full of brackets and quotes, and with a duplicate key, a NaN, an
+    Infinity or an out-of-range number spliced in."""
+    from hypothesis import strategies as st
+
+    from neat_edge.bounded import MAX_JSON_DEPTH
+
+    leaves = st.one_of(st.integers(-(10**20), 10**20), st.floats(allow_nan=False, allow_infinity=False),
+                       st.text(alphabet='[]{}"\\ab\n', max_size=30), st.booleans(), st.none())
+    depths = st.one_of(st.integers(0, 8), st.integers(MAX_JSON_DEPTH - 2, MAX_JSON_DEPTH + 2),
+                       st.sampled_from([1000, 50_000]))
+
+    @st.composite
+    def build(draw):
+        depth, leaf = draw(depths), json.dumps(draw(leaves))
+        kinds = draw(st.text(alphabet="ld", min_size=1, max_size=6))
+        flaw = draw(st.sampled_from(["", "", "dup", "nan", "inf", "big"]))
+        spliced = {"": leaf, "dup": '{"a": 1, "a": 2}', "nan": "NaN", "inf": "-Infinity", "big": "1e400"}[flaw]
+        if flaw:
+            spliced = f"[{leaf}, {spliced}]"
+        return _nested(kinds, depth, spliced), depth + (1 if flaw else 0), not flaw
+
+    return build()
+
+
+def safetensors_files():
+    """(bytes, must be accepted?) of safetensors files: valid ones of a few tensors, and the same with
+    one hostile change: a header length past the file (up to 2^64 - 1), a header nested deep or listing
+    thousands of tensors, an unknown dtype, shapes with negative, boolean or 2^62 sizes, offsets that
+    overlap, leave gaps or pass the end, a truncated payload, trailing bytes."""
+    import numpy as np
+    from hypothesis import strategies as st
+    from safetensors.numpy import save
+
+    dtypes = st.sampled_from([np.float32, np.int64, np.uint8, np.float16])
+    shapes = st.lists(st.integers(0, 4), max_size=3)
+    tensors = st.dictionaries(st.text(alphabet="abc.", min_size=1, max_size=6),
+                              st.tuples(dtypes, shapes), min_size=1, max_size=4)
+
+    @st.composite
+    def build(draw):
+        spec = draw(tensors)
+        data = save({k: np.ones(s, d) for k, (d, s) in spec.items()}, metadata={"format": "x"})
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + n])
+        change = draw(st.sampled_from(["none", "length", "deep", "count", "dtype", "shape", "offsets",
+                                       "truncate", "append", "metadata"]))
+        name = sorted(k for k in header if k != "__metadata__")[0]
+        if change == "none":
+            return data, True
+        if change == "length":
+            value = draw(st.one_of(st.integers(n + 9, 2**64 - 1), st.integers(0, max(n - 9, 0))))
+            return struct.pack("<Q", value) + data[8:], False
+        if change == "truncate":
+            return data[: draw(st.integers(0, len(data) - 1))], False
+        if change == "append":
+            return data + b"\0" * draw(st.integers(1, 64)), False
+        if change == "deep":
+            header["__metadata__"] = _nested("ld", draw(st.integers(65, 20_000)), '"x"')
+        elif change == "count":
+            extra = draw(st.integers(1, 3000))
+            header.update({f"z{i}": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]} for i in range(extra)})
+        elif change == "dtype":
+            header[name]["dtype"] = draw(st.sampled_from(["BF16", "F8_E4M3", "F33", "", "f32"]))
+        elif change == "shape":
+            header[name]["shape"] = draw(st.sampled_from([[-1], [True], [2**62, 2**62], ["4"], [1.5], [1] * 40]))
+        elif change == "offsets":
+            begin, end = header[name]["data_offsets"]
+            header[name]["data_offsets"] = draw(st.sampled_from(
+                [[begin, end + 4], [begin + 1, end + 1], [end, begin - 1], [0, 2**64], [-8, end], [begin, "x"]]))
+        else:
+            header["__metadata__"] = draw(st.sampled_from([{"k": 1}, ["x"], {"k": None}, {"k": {"a": "b"}}]))
+        raw = json.dumps(header).encode()
+        return struct.pack("<Q", len(raw)) + raw + data[8 + n :], False
+
+    return build()

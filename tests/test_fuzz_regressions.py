@@ -64,7 +64,7 @@ MEMORY = "state.memory.0.weight.0"
 
 @pytest.mark.parametrize("edit, match", [
     (lambda t, m: t[MEMORY].__setitem__((0, 0, 0, 0), np.nan), "NaN"),  # was loaded: every log-prob NaN after
-    (lambda t, m: t.__setitem__(MEMORY, np.concatenate([t[MEMORY]] * 2)), "malformed"),  # batch 2: ORT failure
+    (lambda t, m: t.__setitem__(MEMORY, np.concatenate([t[MEMORY]] * 2)), "malformed|at most"),  # batch 2
     (lambda t, m: m.__setitem__("pending", "0"), "pending"),  # was loaded with pending bytes dropped
     (lambda t, m: m.__setitem__("position", "-5"), "counters"),  # was loaded
     (lambda t, m: m.__setitem__("format", "neat-session-state/9"), "format"),

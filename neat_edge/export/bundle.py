@@ -4,6 +4,7 @@ checkpoint the graphs came from, staged and installed atomically (reading: neat_
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shutil
 import tempfile
@@ -11,12 +12,12 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 import neat_edge
-from neat_edge.bundle import CHECKPOINT_DIR, FORMAT, FORMAT_VERSION, INITIAL_STATE, MANIFEST
+from neat_edge.bundle import CHECKPOINT_DIR, FORMAT, FORMAT_VERSION, INITIAL_STATE, MANIFEST, check_install_target
 from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write, default_mode, exchange_paths, sha256_file
+from neat_edge.fileio import atomic_write_bytes, default_mode, exchange_paths, remove_tree, rename_new, sha256_file
 from neat_edge.model.checkpoint import save_checkpoint
 from neat_edge.model.neat import NeatModel, count_parameters
 from neat_edge.spec import STATE_IN, GraphSpec
@@ -57,8 +58,7 @@ def write_bundle_files(model: NeatModel, spec: GraphSpec, targets, out_dir: Path
         if on_target:
             on_target(target.name, out_dir / entry["file"])
     init = model.initial_state(1)
-    atomic_write(out_dir / INITIAL_STATE,
-                 lambda tmp: save_file({STATE_IN + k: v.contiguous() for k, v in init.items()}, str(tmp)))
+    atomic_write_bytes(out_dir / INITIAL_STATE, save({STATE_IN + k: v.contiguous() for k, v in init.items()}))
     save_checkpoint(model, out_dir / CHECKPOINT_DIR)
     patching_entry = {"kind": "fixed", "patch_size": model.cfg.patch_size}
     if model.cfg.patching == "entropy":
@@ -155,19 +155,28 @@ def staging_dir(out: Path) -> Path:
 def install_bundle(staged: Path, out: Path) -> None:
     """Move a finished bundle into place (replacing an older bundle at that path). An existing bundle
     is swapped with the new one in one atomic rename where the OS can (a kill at any point leaves a
-    whole bundle at `out`); the old one then sits in the staging folder until it is removed."""
-    if out.exists():
-        if not (out / MANIFEST).is_file():
-            raise NeatError(f"refusing to overwrite {out}: it exists and is not a NEAT bundle")
-        if exchange_paths(staged, out):
-            shutil.rmtree(staged, ignore_errors=True)
+    whole bundle at `out`); the old one then sits in the staging folder until it is removed. A new path
+    is taken only if nothing took it meanwhile (two exports racing: the loser gets a NeatError). On
+    any failure the staging folder is removed: a refused install leaves nothing behind."""
+    try:
+        check_install_target(out)
+        if out.exists():
+            if exchange_paths(staged, out):
+                return
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            staged.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
             return
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        staged.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staged.rename(out)
+        try:
+            rename_new(staged, out)
+        except OSError:
+            if not os.path.lexists(out):
+                raise
+            raise NeatError(f"{out} appeared while this export ran (another export installed it first): "
+                            "this bundle was not installed and nothing of it was kept") from None
+    finally:
+        remove_tree(staged)  # the old bundle after an exchange, or this one if refused
 
 

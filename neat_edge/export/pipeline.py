@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from neat_edge.bundle import Bundle
+from neat_edge.bundle import Bundle, check_install_target
 from neat_edge.calibration.coreml import COMPRESSIONS as COREML_COMPRESSIONS  # Core ML weight compression
 from neat_edge.errors import NeatError
 from neat_edge.export.bundle import install_bundle, staging_dir, write_bundle_files
@@ -21,6 +21,7 @@ from neat_edge.export.verify import (
     parity_report,
     read_corpus,
 )
+from neat_edge.fileio import remove_tree
 from neat_edge.model.neat import NeatModel
 from neat_edge.spec import step_spec
 
@@ -94,6 +95,7 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
              for t in targets]
     quiet_exporter_logs()
     out = Path(out)
+    check_install_target(out)  # refused before minutes of work, not after
     staged = staging_dir(out)
     try:
         spec = step_spec(model)
@@ -113,12 +115,16 @@ def export_bundle(model: NeatModel, out: str | Path, targets=("onnx",), verify: 
             manifest["parity"] = verify_bundle(staged, manifest, corpus, segments, tolerance)
         bundle.save_manifest()
     except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
+        remove_tree(staged)
         raise
     if verify and not manifest["parity"]["passed"]:
         failed = out.with_name(out.name + ".failed")
-        shutil.rmtree(failed, ignore_errors=True)
-        staged.rename(failed)
+        try:
+            shutil.rmtree(failed, ignore_errors=True)
+            staged.rename(failed)
+        except BaseException:
+            remove_tree(staged)
+            raise
         decode = manifest["parity"].get("decode") or {"backends": {}}
         results = [(name, r) for name, r in manifest["parity"]["backends"].items()]
         results += [(f"{name} decode graphs", r) for name, r in decode["backends"].items()]

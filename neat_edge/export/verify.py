@@ -10,36 +10,43 @@ from pathlib import Path
 
 import numpy as np
 
+from neat_edge.bounded import read_head
 from neat_edge.errors import NeatError
 from neat_edge.runtimes.session import Session
 
 DEFAULT_TOLERANCE = 1e-4  # max |Δ log-prob| of an fp32 graph
 BPB_TOLERANCE = 0.01  # |Δ bits/byte| of a reduced-precision graph (fp16, int8)
 LN2 = math.log(2.0)
+MAX_CORPUS_BYTES = 64 << 20  # a whole corpus (no --segments) is read into memory: at most this much
 
 
 def default_corpus() -> tuple[bytes, str]:
     """Real text nobody on this project wrote and every Python install has: CPython's LICENSE.txt
     (or, where a distribution strips it, the source of the textwrap module)."""
     lic = Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"
-    if lic.is_file():
-        return lic.read_bytes(), str(lic)
-    src = Path(textwrap.__file__)
-    return src.read_bytes(), str(src)
+    src = lic if lic.is_file() else Path(textwrap.__file__)
+    return read_head(src, "corpus", MAX_CORPUS_BYTES), str(src)
 
 
 def read_corpus(path: str | Path | None, segments: int | None, segment_len: int) -> tuple[bytes, str]:
+    """The corpus's first `segments` segments (only those bytes are read), or the whole corpus (at
+    most MAX_CORPUS_BYTES: a larger one is refused unread, pass --segments)."""
+    if segments is not None and (not isinstance(segments, int) or isinstance(segments, bool) or segments < 1):
+        raise NeatError("--segments must be an integer >= 1")
+    limit = segments * segment_len if segments is not None else MAX_CORPUS_BYTES
     if path is None:
         data, name = default_corpus()
     else:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise NeatError(f"corpus file not found: {p}")
-        data, name = p.read_bytes(), str(p)
-    if segments is not None:
-        if segments < 1:
-            raise NeatError("--segments must be >= 1")
-        data = data[: segments * segment_len]
+        if p.is_dir():
+            raise NeatError(f"corpus {p} is a directory, not a file")
+        if segments is None and p.is_file() and p.stat().st_size > limit:
+            raise NeatError(f"corpus {p} is refused: {p.stat().st_size:,} bytes, at most {limit:,} are scored "
+                            "whole (pass --segments N to use its start)")
+        data, name = read_head(p, "corpus", limit), str(p)
+    data = data[:limit]
     if not data:
         raise NeatError(f"corpus {name} is empty")
     return data, name

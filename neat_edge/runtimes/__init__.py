@@ -18,7 +18,9 @@ def open_session(bundle_dir: str | Path, backend: str = "onnxruntime", svf_z=Non
     threads: ONNX Runtime's intra-op threads for every graph of the session (default: its own choice)."""
     from neat_edge.bundle import open_bundle
     from neat_edge.runtimes.select import parse_backend, step_backend
+    from neat_edge.runtimes.validation import check_open
 
+    check_open(bundle_dir, backend, graph, threads)
     kind, device = parse_backend(backend)
     bundle = open_bundle(bundle_dir)
     impl = step_backend(bundle, kind, device, graph, threads)

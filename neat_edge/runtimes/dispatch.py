@@ -17,18 +17,21 @@ Nothing here depends on the backend: every step goes through Session.run_segment
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from neat_edge.bounded import loads_json, read_head
 from neat_edge.errors import NeatError
 
 STRATEGIES = ("classifier", "fewshot", "expert", "none")
 DEFAULT_PASS1_BYTES = 512  # pass 1 sees at most this many bytes of the prompt
 FEWSHOT_MAX_BYTES = 4096  # bytes of few-shot examples scored per CEM candidate
+MAX_FEWSHOT_FILE_BYTES = 1 << 20  # a JSON list of examples is parsed whole: at most this much
+MAX_FEWSHOT_EXAMPLES = 256  # each is scored for every CEM candidate
+MAX_PASS1_BYTES = 1 << 20  # pass 1 runs the step graph over what it sees, once per call
 
 
 @dataclass
@@ -100,21 +103,22 @@ def classifier_weights(session, library, prompt: bytes, max_bytes: int) -> tuple
 
 
 def read_examples(path: str | Path) -> list[bytes]:
-    """Few-shot examples: a JSON list of strings, or else the whole file as one example."""
+    """Few-shot examples: a JSON list of at most MAX_FEWSHOT_EXAMPLES strings (a file of at most
+    MAX_FEWSHOT_FILE_BYTES), or else the file's first FEWSHOT_MAX_BYTES (all that is scored) as one."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise NeatError(f"few-shot file not found: {p}")
-    raw = p.read_bytes()
+    json_list = p.suffix == ".json"
+    raw = read_head(p, "few-shot file", MAX_FEWSHOT_FILE_BYTES if json_list else FEWSHOT_MAX_BYTES, whole=json_list)
     if not raw:
         raise NeatError(f"few-shot file {p} is empty")
     if p.suffix == ".json":
-        try:
-            items = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise NeatError(f"few-shot file {p} is not valid JSON: {exc}") from None
+        items = loads_json(raw, f"few-shot file {p}")
+        if isinstance(items, list) and len(items) > MAX_FEWSHOT_EXAMPLES:
+            raise NeatError(f"few-shot file {p} lists {len(items)} examples (at most {MAX_FEWSHOT_EXAMPLES})")
         if not isinstance(items, list) or not items or not all(isinstance(s, str) and s for s in items):
             raise NeatError(f"few-shot file {p} must be a JSON list of non-empty strings")
-        return [s.encode() for s in items]
+        return [s.encode("utf-8", "surrogatepass") for s in items]
     return [raw]
 
 
@@ -182,8 +186,8 @@ def dispatch(session, prompt: bytes, strategy: str = "classifier", max_bytes: in
     """Choose α for `prompt`, set session.svf_z = Σ α_k z_k, return what was chosen. The stream
     state (memory included) is not changed."""
     kind, arg = parse_strategy(strategy)
-    if max_bytes < 0:
-        raise NeatError("the pass-1 byte budget must be >= 0")
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or not 0 <= max_bytes <= MAX_PASS1_BYTES:
+        raise NeatError(f"max_bytes (the pass-1 byte budget) must be an integer in 0..{MAX_PASS1_BYTES}, got {max_bytes!r}")
     start = time.perf_counter()
     library = session.experts
     details, seen = {}, 0

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from neat_edge.errors import NeatError
+from neat_edge.runtimes.validation import OutputCheck, guarded_run
 from neat_edge.spec import CACHE_IN, CACHE_OUT, GraphSpec
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "coreml": "CoreMLExecutionProvider"}
@@ -133,14 +134,15 @@ class OnnxRuntimeBackend:
         self.device = "cuda" if device == "cuda" else "cpu"  # where step_native keeps what it returns
         self._io, self._bound = None, {}  # step_native's IO binding, and the value each input is bound to
         self._native = None  # step_native: the C-level binding and output device (made with the binding)
+        self._check = OutputCheck(spec, f"graph {spec.name} ({graph_path})")  # every run's outputs vs the spec
         self.family = "entropy" if spec.name.startswith("entropy_") else "neat"  # whose caches (CachePool)
         self.in_place: frozenset = frozenset()  # cache outputs this graph may write into their input's buffer
         if self.device == "cuda":  # the CUDA provider keeps step_native (its caches stay on the GPU)
             self.step_pooled = None
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(self.spec.output_names, feeds)
-        return dict(zip(self.spec.output_names, outputs))
+        outputs = guarded_run(self._check.where, self.session.run, self.spec.output_names, feeds)
+        return self._check(dict(zip(self.spec.output_names, outputs)), feeds)
 
     def step_native(self, feeds: dict, keep) -> dict:
         """step() through IO binding: inputs may be OrtValues (a previous step's outputs, never copied),
@@ -167,10 +169,11 @@ class OnnxRuntimeBackend:
         binding, device = self._native  # the C binding (or, where ORT has none, the public one)
         for name in self.spec.output_names:  # new outputs every run: no step writes into what it reads
             binding.bind_output(name, device)
-        self.session.run_with_iobinding(io)
+        guarded_run(self._check.where, self.session.run_with_iobinding, io)
         values = binding.get_outputs()
-        return {name: (values[i] if isinstance(values[i], ort.OrtValue) else ort.OrtValue(values[i]))
-                if name in keep else values[i].numpy() for i, name in enumerate(self.spec.output_names)}
+        return self._check({name: (values[i] if isinstance(values[i], ort.OrtValue) else ort.OrtValue(values[i]))
+                            if name in keep else values[i].numpy() for i, name in enumerate(self.spec.output_names)},
+                           feeds)
 
     def step_pooled(self, feeds: dict, pool) -> dict:
         """step_native for one stream's decode loop on the CPU (runtimes/decoding.py's CachePool): the
@@ -197,7 +200,8 @@ class OnnxRuntimeBackend:
             if bound.get(name) is not spare:
                 c_io.bind_ortvalue_output(name, spare._ortvalue)
                 bound[name] = spare
-        self.session.run_with_iobinding(io)
+        # a preallocated output of the wrong shape is refused by ONNX Runtime itself, inside the guard
+        guarded_run(self._check.where, self.session.run_with_iobinding, io)
         result = {name: bound[name] for name, _, _ in outputs.caches}
         result.update({name: array.copy() for name, array in outputs.arrays})
         return result

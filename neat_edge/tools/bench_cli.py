@@ -14,13 +14,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-import typer
-from rich.table import Table
+from neat_edge.tools import loading
 
-from neat_edge.errors import NeatError
-from neat_edge.fileio import atomic_write_json
-from neat_edge.tools.common import console, run_app
+with loading():  # a Ctrl-C while the CLI loads: `error: interrupted`, exit 130
+    import numpy as np
+    import typer
+    from rich.table import Table
+
+    from neat_edge.errors import NeatError
+    from neat_edge.fileio import atomic_write_json
+    from neat_edge.tools.common import console, run_app
 
 DISPATCH_PROMPT_BYTES, DISPATCH_GENERATE_BYTES = 256, 512
 GENERATE_BYTES = 512
@@ -103,10 +106,10 @@ def bench_command(
                                                "else fp32). Missing ones are exported into --cache."),
     segment_len: int | None = typer.Option(None, "--segment-len", min=1,
                                            help="Bytes per timed step (≤ the model's segment; default: the model's)."),
-    batch: int = typer.Option(1, "--batch", min=1, help="Streams per timed step (step latency)."),
+    batch: int = typer.Option(1, "--batch", min=1, max=4096, help="Streams per timed step (step latency)."),
     data: Path | None = typer.Option(None, "--data", "--corpus", help="Text to score for bits/byte and throughput "
                                                                       "(default: CPython's LICENSE.txt)."),
-    segments: int = typer.Option(32, "--segments", min=1, help="Segments of --data to score."),
+    segments: int = typer.Option(32, "--segments", min=1, max=1 << 16, help="Segments of --data to score."),
     runs: int = typer.Option(50, "--runs", min=1, help="Timed step runs."),
     warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed warm-up steps."),
     generate_bytes: int = typer.Option(GENERATE_BYTES, "--generate-bytes", min=1,
@@ -209,14 +212,19 @@ def main() -> None:
     import sys
 
     if len(sys.argv) > 1 and sys.argv[1] in ("memory", "train"):
-        if sys.argv[1] == "memory":
-            from neat_edge.tools.bench_memory import memory_command as command
-        else:
-            from neat_edge.tools.bench_train import train_bench_command as command
+        sub = sys.argv[1]
 
-        sub_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-        sub_app.command()(command)
-        sys.argv = [f"{sys.argv[0]} {sys.argv[1]}", *sys.argv[2:]]
+        def sub_app():  # built inside run_app: the sub-commands import torch, and a Ctrl-C may come meanwhile
+            if sub == "memory":
+                from neat_edge.tools.bench_memory import memory_command as command
+            else:
+                from neat_edge.tools.bench_train import train_bench_command as command
+
+            built = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            built.command()(command)
+            return built
+
+        sys.argv = [f"{sys.argv[0]} {sub}", *sys.argv[2:]]
         run_app(sub_app)
     else:
         run_app(app)

@@ -89,10 +89,11 @@ def bench_memory(dim=256, heads=4, chunk=64, tokens=1024, depth=2, expansion=4, 
 
 
 def memory_command(
-    dim: int = typer.Option(256, "--dim", min=1), heads: int = typer.Option(4, "--heads", min=1),
-    chunk: int = typer.Option(64, "--chunk", min=1), tokens: int = typer.Option(1024, "--tokens", min=1),
-    depth: int = typer.Option(2, "--depth", min=1, max=4), expansion: int = typer.Option(4, "--expansion", min=1),
-    batch: int = typer.Option(1, "--batch", min=1), runs: int = typer.Option(5, "--runs", min=1),
+    dim: int = typer.Option(256, "--dim", min=1, max=8192), heads: int = typer.Option(4, "--heads", min=1, max=256),
+    chunk: int = typer.Option(64, "--chunk", min=1, max=1 << 16),
+    tokens: int = typer.Option(1024, "--tokens", min=1, max=1 << 20),
+    depth: int = typer.Option(2, "--depth", min=1, max=4), expansion: int = typer.Option(4, "--expansion", min=1, max=16),
+    batch: int = typer.Option(1, "--batch", min=1, max=4096), runs: int = typer.Option(5, "--runs", min=1),
     warmup: int = typer.Option(2, "--warmup", min=0),
     peer_runs: int = typer.Option(2, "--peer-runs", min=1, help="Timed runs of the slow per-token peer."),
     json_out: Path | None = typer.Option(None, "--json", help="Write results as JSON here."),

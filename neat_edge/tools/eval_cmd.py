@@ -23,7 +23,7 @@ def eval_command(
                                                      "directories (the split `neat train` uses)."),
     backend: str | None = typer.Option(None, "--backend", help="Bundle: onnxruntime (default), torch, ...; "
                                                               "checkpoint: torch."),
-    max_bytes: int | None = typer.Option(None, "--max-bytes", min=1, help="Evaluate at most this many bytes."),
+    max_bytes: int | None = typer.Option(None, "--max-bytes", min=1, max=1 << 50, help="Evaluate at most this many bytes."),
     min_doc_bytes: int = typer.Option(0, "--min-doc-bytes", min=0, help="Skip documents shorter than this "
                                                                         "(long-document evaluation)."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also compress with xz -9, bzip2 -9."),

@@ -71,9 +71,9 @@ def train_expert_cli(ctx, name: str, domain: str | None, base: Path | None, path
         raise NeatError("--expert needs --base CHECKPOINT (the trained model the expert adapts)")
     if not is_checkpoint_dir(base):
         raise NeatError(f"--base {base} is not a checkpoint directory")
-    import json
+    from neat_edge.bounded import read_json_file
 
-    scope = json.loads((base / "config.json").read_text()).get("svf_scope", "latent")
+    scope = read_json_file(base / "config.json", "config", 1 << 20).get("svf_scope", "latent")
     if scope != "all":
         console.print(f"note: {base} has svf_scope '{scope}': z reaches only the latent layers (much smaller "
                       "gains on a domain the base knows); 'all' in its config.json puts the local layers under z "

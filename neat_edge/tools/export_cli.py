@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
+from neat_edge.tools import loading
 
-from neat_edge.errors import NeatError
-from neat_edge.tools.common import console, run_app
+with loading():  # a Ctrl-C while the CLI loads: `error: interrupted`, exit 130
+    import typer
+
+    from neat_edge.errors import NeatError
+    from neat_edge.tools.common import console, run_app
 
 
 def export_command(
@@ -43,6 +46,10 @@ def export_command(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Export a model (default: the bundled trained tiny checkpoint) to a verified bundle."""
+    from neat_edge.bundle import check_install_target
+
+    if target != "triton":
+        check_install_target(out)  # before torch loads: a bad --out is refused in a second
     from neat_edge.export.pipeline import export_bundle
     from neat_edge.model.checkpoint import load
 

@@ -39,10 +39,10 @@ def parity_command(
     unavailable = {}
     if names == ["all"]:
         names, unavailable = available_backends(opened)
+    data, corpus_name = read_corpus(corpus, segments, opened.config.segment_len)  # a bad corpus fails first
     reference = open_session(bundle, backend=reference_name)
     sessions = {name: open_session(bundle, backend=name) for name in names}
     precisions = {name: graph_precision(opened, parse_backend(name)[0]) for name in names}
-    data, corpus_name = read_corpus(corpus, segments, reference.config.segment_len)
     with console.status(f"scoring {len(data)} bytes on {', '.join([reference_name, *names])}..."):
         report = parity_report(reference, sessions, data, precisions)
     report["corpus"] = corpus_name

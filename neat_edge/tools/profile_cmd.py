@@ -15,9 +15,9 @@ def profile_command(
     model: str = typer.Argument("default", help="A checkpoint directory, a bundle, a preset, or 'default'."),
     data: Path | None = typer.Option(None, "--data", help="Bytes to run (default: CPython's LICENSE.txt)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
-    batch: int = typer.Option(1, "--batch", min=1, help="Streams per step."),
-    segments: int = typer.Option(16, "--segments", min=1, help="Measured segments (state carried)."),
-    warmup: int = typer.Option(2, "--warmup", min=0, help="Segments run first and not measured."),
+    batch: int = typer.Option(1, "--batch", min=1, max=4096, help="Streams per step."),
+    segments: int = typer.Option(16, "--segments", min=1, max=1 << 16, help="Measured segments (state carried)."),
+    warmup: int = typer.Option(2, "--warmup", min=0, max=1024, help="Segments run first and not measured."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the report as JSON here."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):

@@ -46,19 +46,20 @@ def run_command(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
     prompt: str | None = typer.Argument(None, help="Prompt text (any bytes; empty starts a fresh stream)."),
     prompt_file: Path | None = typer.Option(None, "--prompt-file", help="Read the prompt from a file ('-' = stdin)."),
-    max_bytes: int = typer.Option(128, "--max-bytes", min=0, help="Bytes to generate."),
+    max_bytes: int = typer.Option(128, "--max-bytes", min=0, max=1 << 24, help="Bytes to generate."),
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime[:cpu|cuda|coreml] or torch."),
     state: Path | None = typer.Option(None, "--state", help="Session state file: loaded if present, saved after."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
     seed: int | None = typer.Option(None, "--seed", help="Sampling seed."),
     dispatch: str = typer.Option("none", "--dispatch",
                                  help="Transformer² experts: classifier, fewshot:FILE, expert:NAME[=w,...] or none."),
-    dispatch_bytes: int = typer.Option(512, "--dispatch-bytes", min=0, help="Most prompt bytes pass 1 looks at."),
+    dispatch_bytes: int = typer.Option(512, "--dispatch-bytes", min=0, max=1 << 20,
+                                       help="Most prompt bytes pass 1 looks at."),
     verbose: bool = typer.Option(False, "--verbose", help="Print the chosen expert mixture (stderr)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write {dispatch, output, timing} as JSON here."),
     images_dir: Path | None = typer.Option(None, "--images-dir", help="MVoT: let the model draw visual thoughts "
                                            "and write them here as PNG files (thought_001.png, ...)."),
-    image_scale: int = typer.Option(4, "--image-scale", min=1, help="PNG pixels per decoded pixel (nearest)."),
+    image_scale: int = typer.Option(4, "--image-scale", min=1, max=64, help="PNG pixels per decoded pixel (nearest)."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ):
     """Generate bytes after PROMPT and write them to stdout (two passes with --dispatch)."""

@@ -11,7 +11,6 @@ trailing partial segment is scored without being committed (COMMIT 0) and sent a
 
 from __future__ import annotations
 
-import json
 import queue
 from pathlib import Path
 
@@ -30,7 +29,11 @@ class NeatTritonClient:
             import tritonclient.grpc as grpcclient
         except ImportError:
             raise NeatError('the Triton client needs tritonclient: pip install -e ".[triton]"') from None
-        info = manifest if isinstance(manifest, dict) else json.loads(Path(manifest).read_text())
+        if not isinstance(manifest, dict):
+            from neat_edge.bounded import read_json_file
+
+            manifest = read_json_file(manifest, "Triton repository manifest", 16 << 20)
+        info = manifest
         self.segment_len, self.patch_size = info["segment_len"], info["patch_size"]
         self.grpc, self.model, self.sequence_id = grpcclient, model, int(sequence_id)
         if self.sequence_id <= 0:
