@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from neat_edge.errors import NeatError
+from neat_edge.runtimes.validation import OutputCheck
 from neat_edge.spec import GraphSpec
 
 
@@ -58,6 +59,7 @@ class CoreMLBackend:
         self.out_for = dict(spec.state)
         self._state = None  # the MLState, created on the first step of a stateful model
         self._returned: dict[str, np.ndarray] = {}  # state arrays handed out by the previous step
+        self._check = OutputCheck(spec, f"graph {spec.name} ({graph_path})")  # every run's outputs vs the spec
 
     def _coreml(self, name: str) -> str:
         return self.names.get(name, name)
@@ -89,4 +91,4 @@ class CoreMLBackend:
             value = self._state.read_state(self._coreml(state_in)) if state_in in self.held else raw[self._coreml(t.name)]
             out[t.name] = np.asarray(value).astype(t.dtype, copy=False)
         self._returned = {o: out[o] for i, o in self.spec.state if i in self.held}
-        return out
+        return self._check(out, feeds)

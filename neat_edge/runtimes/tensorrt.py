@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from neat_edge.errors import NeatError
+from neat_edge.runtimes.validation import OutputCheck
 from neat_edge.spec import GraphSpec
 
 
@@ -66,6 +67,7 @@ class TensorRTBackend:
         self.pairs = dict(spec.state)  # state.x -> next_state.x
         self._device_state: dict[str, object] = {}  # state.x -> device tensor holding it
         self._returned: dict[str, np.ndarray] = {}  # next_state.x -> host array handed to the session
+        self._check = OutputCheck(spec, f"engine {spec.name} ({path})")  # every run's outputs vs the spec
 
     def _input(self, name: str, value: np.ndarray):
         """The device tensor for input `name`: the device copy of last step's state output when the
@@ -99,4 +101,4 @@ class TensorRTBackend:
         # Swap: this step's state outputs are the device inputs of the next step.
         self._device_state = {i: bound[o] for i, o in self.pairs.items()}
         self._returned = {o: out[o] for o in self.pairs.values()}
-        return out
+        return self._check(out, feeds)
