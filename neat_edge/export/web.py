@@ -86,7 +86,9 @@ def web_manifest(manifest: dict, precision: str, bundle_dir: Path) -> dict:
     if decode is not None:
         if GRAPH_TARGET not in decode.get("graphs", {}):
             raise NeatError(f"bundle {bundle_dir} has decode graphs, but none in plain ONNX ops: re-export it")
-        decode["graphs"] = {GRAPH_TARGET: {name: entry for name, entry in decode["graphs"][GRAPH_TARGET].items()
+        # the plain-op graph of each: the `cpu` rewrite beside it (export/onnx_fusion.py) is ONNX Runtime CPU's
+        decode["graphs"] = {GRAPH_TARGET: {name: {k: v for k, v in entry.items() if k != "cpu"}
+                                           for name, entry in decode["graphs"][GRAPH_TARGET].items()
                                            if name in DECODE_GRAPHS}}
     for section in ("patching", "images"):
         part = out.get(section)
