@@ -49,6 +49,36 @@ def test_compiled_window_equals_the_reference_step(tiny_and_windows, mode):
         torch.testing.assert_close(grads[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _saved_bytes_and_grads(model, x, budget: float):
+    """Bytes the compiled window saves for its backward (what the partitioner keeps) and the gradients."""
+    opts = TrainOptions(batch_size=x.shape[0], segments=x.shape[1] // model.cfg.segment_len, tbptt=2)
+    _, window_loss, optim, step = build_train_step(model, opts)
+    step = TrainStep(window_loss, model.parameters(), optim, 1.0, None, "cpu", "compile", step.plan_fn,
+                     compile_backend="aot_eager_decomp_partition", memory_budget=budget)  # the min-cut partitioner
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step.forward_backward(x)
+    return sum(saved), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_a_memory_budget_saves_fewer_activations_for_the_same_gradients(tiny_and_windows):
+    base, x = tiny_and_windows
+    torch._dynamo.reset()
+    full, ref = _saved_bytes_and_grads(copy.deepcopy(base), x, 1.0)
+    torch._dynamo.reset()
+    lean, grads = _saved_bytes_and_grads(copy.deepcopy(base), x, 0.2)
+    assert lean < 0.8 * full
+    for name in ref:
+        torch.testing.assert_close(grads[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(NeatError, match="memory budget"):
+        TrainStep(base, base.parameters(), None, 1.0, None, "cpu", "compile", memory_budget=0.0)
+
+
 def test_a_non_finite_batch_never_reaches_the_weights():
     torch.manual_seed(0)
     model = build(preset("tiny")).train()

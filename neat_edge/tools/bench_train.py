@@ -109,7 +109,7 @@ def measure(name: str, model, window_loss, train_step, corpus, opts, window: int
     bytes_per_s = opts.batch_size * window / step_s
     return {
         "model": name, "parameters": count_parameters(model), "batch_size": opts.batch_size, "window_bytes": window,
-        "step_mode": train_step.mode, "bytes_per_s": round(bytes_per_s, 1),
+        "step_mode": train_step.mode, "memory_budget": train_step.memory_budget, "bytes_per_s": round(bytes_per_s, 1),
         "step_ms": {"p50": round(1e3 * step_s, 3), "p90": round(1e3 * float(np.percentile(times, 90)), 3)},
         "sample_ms_p50": round(1e3 * float(np.median(sample_times)), 3),
         "peak_memory_gb": round(peak, 3), "peak_memory_gb_per_mb_batch": round(peak / batch_mb, 3),
@@ -194,6 +194,8 @@ def train_bench_command(
     mode: str = typer.Option("auto", "--mode", help="auto (compile on CUDA, eager on the CPU), eager, compile, graphs."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on CUDA), fp32 or bf16."),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing"),
+    memory_budget: float = typer.Option(1.0, "--memory-budget", min=0.01, max=1.0,
+                                        help="Compiled steps: share of saved activations kept (neat train's)."),
     peer: bool = typer.Option(False, "--peer", help="Also train the same-size Hugging Face Llama, same way, same bytes."),
     data: list[Path] | None = typer.Option(None, "--data", help="Training bytes (default: this Python's stdlib)."),
     seed: int = typer.Option(0, "--seed"),
@@ -217,7 +219,8 @@ def train_bench_command(
         raise NeatError("neat-bench train times fixed patching (entropy patching needs its trained entropy model)")
     corpus = ByteCorpus.from_paths(data or _default_data())
     opts = TrainOptions(batch_size=batch_size, segments=segments, tbptt=tbptt, device=device, precision=precision,
-                        grad_checkpointing=grad_checkpointing, step_mode=mode, seed=seed)
+                        grad_checkpointing=grad_checkpointing, step_mode=mode, seed=seed,
+                        memory_budget=memory_budget)
     window = segments * cfg.segment_len
     report = {"command": " ".join(["neat-bench", "train", *sys.argv[1:]]), "device": _device_name(device),
               "data_bytes": corpus.train_bytes, "window_bytes": window}

@@ -40,6 +40,9 @@ def train_command(
                                   "eager on the CPU), eager (plain PyTorch), compile (the whole window as one "
                                   "torch.compile graph), regional (that, the segment step compiled once), graphs "
                                   "(compile + CUDA graphs)."),
+    memory_budget: float = typer.Option(1.0, "--memory-budget", min=0.01, max=1.0, help="Compiled steps: the "
+                                        "share of saved activations the backward may keep (below 1 it recomputes "
+                                        "the cheapest rest: less memory, more FLOPs)."),
     max_minutes: float = typer.Option(0.0, "--max-minutes", min=0.0,
                                       help="Stop after this much training time (resumable with --resume)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out (weights, optimizer, RNG)."),
@@ -102,7 +105,7 @@ def train_command(
                         recall_fraction=recall_fraction, recall_distances=parse_distances(recall_distances),
                         warmup=warmup, device=device, precision=precision, grad_checkpointing=grad_checkpointing,
                         eval_every=eval_every, eval_bytes=eval_bytes, save_every=save_every, max_minutes=max_minutes,
-                        step_mode=step_mode,
+                        step_mode=step_mode, memory_budget=memory_budget,
                         entropy_checkpoint=str(entropy_checkpoint) if entropy_checkpoint else None)
     paths = [*data, *(more_data or [])]
     ranks = None

@@ -18,6 +18,11 @@
            compile on an H200 machine)
   graphs   compile, then CUDA graphs (mode="reduce-overhead"): one launch per graph instead of one per kernel
 
+memory_budget (compiled modes): AOTAutograd's activation memory budget (torch._functorch.config
+.activation_memory_budget), the share of the saved-for-backward activations the partitioner may keep; below 1
+it recomputes the cheapest of the rest in the backward (elementwise chains first), trading FLOPs for memory
+without a per-segment checkpoint boundary.
+
 The patch plan (training/patches.py) is computed outside the compiled graph: fixed patches are cached once
 per batch shape, entropy patches come from the frozen entropy model and the numpy patcher per batch.
 """
@@ -95,8 +100,11 @@ class TrainStep:
     plan_fn(x) -> the per-segment (patch_ids, patch_mask) the loss reads (None: the loss needs none)."""
 
     def __init__(self, window_loss: nn.Module, parameters, optimizer, clip: float, autocast_dtype, device: str,
-                 mode: str = "auto", plan_fn=None, compile_backend: str = "inductor"):
+                 mode: str = "auto", plan_fn=None, compile_backend: str = "inductor", memory_budget: float = 1.0):
+        if not 0.0 < memory_budget <= 1.0:
+            raise NeatError(f"memory budget must be in (0, 1], not {memory_budget}")
         self.device, self.clip, self.amp = device, clip, autocast_dtype
+        self.memory_budget = memory_budget
         self.optimizer, self.plan_fn = optimizer, plan_fn
         self.parameters = [p for p in parameters if p.requires_grad]
         self.mode = mode
@@ -115,12 +123,18 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(torch.device(self.device).type, dtype=self.amp)
 
+    def _budget(self):
+        """The partitioner reads the budget when it splits a newly traced graph (the first call of a shape)."""
+        if self.mode == "eager" or self.memory_budget >= 1.0:
+            return contextlib.nullcontext()
+        return torch._functorch.config.patch(activation_memory_budget=self.memory_budget)
+
     def forward_backward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean -log p per byte of x [B, n*S] (a 0-d tensor, no host sync) and the clipped-before norm."""
         plan = self.plan_fn(x) if self.plan_fn else None
         first = tuple(x.shape) not in self._seen_shapes
         tick = time.perf_counter() if first else 0.0
-        with self._autocast(), _regions(self.mode == "regional"):
+        with self._autocast(), _regions(self.mode == "regional"), self._budget():
             nll = self._loss(x, plan)
         loss = nll / x.numel()
         self.optimizer.zero_grad(set_to_none=True)

@@ -62,6 +62,7 @@ class TrainOptions:
     precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     grad_checkpointing: bool = False  # recompute each segment's activations in backward
     max_minutes: float = 0.0  # stop (resumable) after this much training time; 0 = no limit
+    memory_budget: float = 1.0  # compiled steps: share of saved activations kept (training/step.py)
     step_mode: str = "auto"  # training/step.py: auto (compile on CUDA, eager on the CPU), eager, compile, graphs
     recall_fraction: float = 0.0  # share of windows carrying recall episodes (training/recall_episodes.py)
     recall_distances: tuple[int, int] = (200, 4000)  # bytes from a first occurrence's end to its repeat
@@ -170,12 +171,16 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
         if step < opts.warmup:
             return (step + 1) / opts.warmup
         progress = (step - opts.warmup) / max(1, opts.steps - opts.warmup)
+        if opts.max_minutes:  # a time budget: the cosine ends when the budget does, if before --steps. The first
+            # step's time (compilation) is spent before the schedule can use it, so it is left out of both.
+            first = run.get("first_step_seconds", 0.0)
+            progress = max(progress, (run["train_seconds"] - first) / max(1e-9, opts.max_minutes * 60 - first))
         return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
     mix = corpus.mix.to_dict() if hasattr(corpus, "mix") else None  # recall episodes in the batches
     run = {"step": 0, "loss_history": [], "eval_curve": [], "skipped_nonfinite_steps": 0, "train_seconds": 0.0,
            "recall_mix": mix}
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
     if resume:
         saved = load_trainer_state(out_dir, saver.plain if saver else model, saver.optimizer if saver else optim,
                                    sched, rng)
@@ -244,6 +249,7 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
             step_times.append(spent)
             run["step"] += 1
             run["train_seconds"] = round(run["train_seconds"] + spent, 3)
+            run.setdefault("first_step_seconds", run["train_seconds"])
             recent = float(np.mean(run["loss_history"][-20:])) if run["loss_history"] else float("nan")
             if opts.eval_every and run["step"] % opts.eval_every == 0 and run["step"] < opts.steps:
                 last_eval = held_out_bpb()
@@ -277,6 +283,7 @@ def fit(model, corpus: ByteCorpus, opts: TrainOptions, out_dir: str | Path, save
         "heldout_bits_per_byte": final_bpb,
         "eval_curve": run["eval_curve"],
         "train_seconds": round(run["train_seconds"], 1),
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if opts.device.startswith("cuda") else None,
         "bytes_per_second": round(ranks.world * session_steps * opts.batch_size * window / max(session_seconds, 1e-9), 1),
         "loss_curve": history[:: max(1, len(history) // 100)],
     }
@@ -307,7 +314,7 @@ def build_train_step(model, opts: TrainOptions, patches: WindowPatches | None = 
     mode = resolve_mode("eager" if opts.step_mode == "auto" and not measured else opts.step_mode, opts.device)
     plan_fn = (patches or WindowPatches(model.cfg)) if isinstance(model, NeatModel) else None
     step = TrainStep(batch_loss, model.parameters(), optim, opts.clip, opts.autocast_dtype(), opts.device, mode,
-                     plan_fn)
+                     plan_fn, memory_budget=opts.memory_budget)
     return saver, batch_loss, optim, step
 
 
