@@ -77,11 +77,17 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert any(k.endswith(".exp_avg_sq") for k in state) and "rng.torch" in state
 
 
-def test_a_time_budget_ends_the_cosine_schedule_with_the_budget(tmp_path):
+def test_a_time_budget_ends_the_cosine_schedule_with_the_budget(tmp_path, monkeypatch):
+    import types
+
+    import neat_edge.training.train as train_module
+
+    clock = iter(range(10**6))  # every step "takes" one second of the trainer's clock, whatever the machine's load
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
     opts = TrainOptions(steps=100_000, batch_size=2, segments=2, tbptt=2, warmup=1, eval_bytes=1024, seed=1,
-                        max_minutes=0.05, lr=1e-3)
+                        max_minutes=0.1, lr=1e-3)
     log = train(MICRO, [STDLIB_JSON], tmp_path / "t", opts, show_progress=False)
-    assert log["stopped_early"] and log["steps_done"] > 2
+    assert log["stopped_early"] and log["steps_done"] == 7  # 6 s of budget, then the step that crosses it
     state = json.loads((tmp_path / "t" / "trainer_state.json").read_text())
     # by steps alone the rate would still be ~lr; the budget is spent, so the schedule is at its floor
     assert state["param_groups"][0]["lr"] == pytest.approx(opts.lr * opts.min_lr_ratio, rel=0.05)

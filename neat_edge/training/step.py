@@ -12,10 +12,6 @@
            elementwise chains (Eq 13-18: log-space cumsums, decays, the carried weights and momentum) across
            segment boundaries and its partitioner saves far fewer of the [B,H,o,i] memory states for the
            backward (the default on CUDA)
-  regional compile, with the segment step a nested compile region (torch.compiler.nested_compile_region):
-           traced and code-generated once, stamped out for every segment of the window, so compilation
-           costs about one segment's instead of the whole window's (the window graph took 343-369 s to
-           compile on an H200 machine)
   graphs   compile, then CUDA graphs (mode="reduce-overhead"): one launch per graph instead of one per kernel
 
 memory_budget (compiled modes): AOTAutograd's activation memory budget (torch._functorch.config
@@ -39,30 +35,10 @@ from torch import nn
 from neat_edge.errors import NeatError
 from neat_edge.training.distributed import full_grad_norm
 
-STEP_MODES = ("auto", "eager", "compile", "regional", "graphs")
-
-
-def _model_step(model, *args):
-    return model.step(*args)
-
-
-_SEGMENT_REGION = torch.compiler.nested_compile_region(_model_step)
-_regional = [False]  # read at trace time by segment_step(); set around a regional TrainStep's call
-
-
-def segment_step():
-    """What train.chained_segments calls for each segment: (model, *args) -> model.step(*args), as a nested
-    compile region while a "regional" TrainStep traces (eager code never sees the difference)."""
-    return _SEGMENT_REGION if _regional[0] else _model_step
-
-
-@contextlib.contextmanager
-def _regions(on: bool):
-    before, _regional[0] = _regional[0], on
-    try:
-        yield
-    finally:
-        _regional[0] = before
+STEP_MODES = ("auto", "eager", "compile", "graphs")
+# (A "regional" mode — the segment step a torch.compiler.nested_compile_region inside the compiled window — was
+# measured on an H200 with torch 2.11 and dropped: it compiled no faster, 341 s, and its first step then failed
+# with an illegal memory access. docs/training.md has the run.)
 
 
 def resolve_mode(mode: str, device: str, patching: str = "fixed") -> str:
@@ -134,7 +110,7 @@ class TrainStep:
         plan = self.plan_fn(x) if self.plan_fn else None
         first = tuple(x.shape) not in self._seen_shapes
         tick = time.perf_counter() if first else 0.0
-        with self._autocast(), _regions(self.mode == "regional"), self._budget():
+        with self._autocast(), self._budget():
             nll = self._loss(x, plan)
         loss = nll / x.numel()
         self.optimizer.zero_grad(set_to_none=True)

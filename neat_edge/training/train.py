@@ -38,7 +38,7 @@ from neat_edge.training.distributed import Ranks, ShardedSaver, WindowLoss
 from neat_edge.training.patches import WindowPatches
 from neat_edge.training.recall_episodes import RecallEpisodes, RecallMix
 from neat_edge.training.resume import has_trainer_state, load_trainer_state, save_trainer_state
-from neat_edge.training.step import TrainStep, make_adamw, resolve_mode, sample_batch, segment_step
+from neat_edge.training.step import TrainStep, make_adamw, resolve_mode, sample_batch
 
 LN2 = math.log(2.0)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -99,8 +99,7 @@ def chained_segments(model, windows: torch.Tensor, state, tbptt: int | None = No
             state = {k: v.detach() for k, v in state.items()}
         x = windows[:, i * seg : (i + 1) * seg]
         args = (x, *plan[i], z, state) if is_neat else (x, state)
-        step = segment_step()  # model.step, or (mode "regional") its compiled region stamped once per segment
-        out, state = checkpoint(step, model, *args, use_reentrant=False) if recompute else step(model, *args)
+        out, state = checkpoint(model.step, *args, use_reentrant=False) if recompute else model.step(*args)
         yield x, out, state
 
 
