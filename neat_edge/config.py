@@ -49,6 +49,7 @@ class NeatConfig:
     target_patch_len: int = 0  # entropy patching: wanted mean patch length x10 (45 = 4.5 bytes); 0 = n/a
     max_patch_len: int = 16  # entropy patching: longest patch
     ngram_buckets: int = 0  # hash n-gram (n = 3..8) embedding rows in the local encoder; 0 = off
+    previous_bytes: int = 0  # embeddings of the k bytes before each byte, added to its own (blt.py); 0 = off
     patch_pooling: str = "mean"  # mean, or cross (cross-attention from patch queries to their bytes)
     d_local: int = 128
     local_heads: int = 4
@@ -125,7 +126,7 @@ class NeatConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise NeatError(f"config field '{f.name}' must be an integer, got {value!r}")
-            low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window", "ngram_buckets",
+            low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window", "ngram_buckets", "previous_bytes",
                                   "target_patch_len", "memory_max_grad_norm", "memory_key_shift") else 1
             if value < low:
                 raise NeatError(f"config field '{f.name}' must be >= {low}, got {value}")

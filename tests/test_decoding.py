@@ -26,7 +26,8 @@ def micro(arch="mac", window=0, chunks=1, patching="fixed", pooling="mean", ngra
     return NeatConfig(name=f"micro-{arch}", segment_len=32, patch_size=4, context_len=8, d_local=32, local_heads=2,
                       encoder_layers=1, decoder_layers=1, d_model=48, latent_heads=2, latent_layers=2,
                       memory_heads=2, memory_arch=arch, attn_window=window, memory_chunks=chunks, n_experts=2,
-                      image_codebook_size=16, patch_pooling=pooling, ngram_buckets=ngram, svf_scope="all", **extra)
+                      image_codebook_size=16, patch_pooling=pooling, ngram_buckets=ngram, svf_scope="all",
+                      previous_bytes=2 if pooling == "cross" else 0, **extra)
 
 
 def decode_segments(model, data: torch.Tensor):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neat_edge.config import NeatConfig
+from neat_edge.config import BOS, N_SPECIALS, NeatConfig
 from neat_edge.model.layers import MLP, Attention, RMSNorm, write_slot
 
 
@@ -71,8 +71,6 @@ NGRAM_BASE = 263  # polynomial hash base (prime > vocab); 263^7 · 260 stays far
 def ngram_hashes(tokens: torch.Tensor, buckets: int) -> list[torch.Tensor]:
     """For each n in 3..8, the bucket of the n-gram ending at every position of tokens [B, L]
     (positions before the start read as BOS). Plain int64 Mul/Add/Mod: exportable, deterministic."""
-    from neat_edge.config import BOS
-
     longest = max(NGRAM_SIZES)
     pad = torch.full((tokens.shape[0], longest - 1), BOS, dtype=tokens.dtype, device=tokens.device)
     padded = torch.cat([pad, tokens], dim=1)
@@ -87,8 +85,18 @@ def ngram_hashes(tokens: torch.Tensor, buckets: int) -> list[torch.Tensor]:
     return out
 
 
+def previous_tokens(tokens: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """For s = 1..k, the token s positions before every position of tokens [B, L] (BOS before the start),
+    offset by (s - 1) · 260 into one shared table: plain Slice/Concat/Add, exportable."""
+    vocab = 256 + N_SPECIALS
+    pad = torch.full((tokens.shape[0], k), BOS, dtype=tokens.dtype, device=tokens.device)
+    padded = torch.cat([pad, tokens], dim=1)
+    length = tokens.shape[1]
+    return [padded[:, k - s : k - s + length] + (s - 1) * vocab for s in range(1, k + 1)]
+
+
 class LocalEncoder(nn.Module):
-    """Byte (+ hash n-gram) embeddings, causal local layers, and pooling of each patch's bytes:
+    """Byte (+ hash n-gram, + previous-byte) embeddings, causal local layers, and pooling of each patch's bytes:
     mean pooling, refined (patch_pooling = "cross") by cross-attention from the patch query to the
     bytes of that patch only (BLT §3.2; the mask comes from patch_ids, so the rank stays static)."""
 
@@ -97,6 +105,13 @@ class LocalEncoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_local)
         self.ngram_buckets = cfg.ngram_buckets
         self.ngram_embed = nn.Embedding(cfg.ngram_buckets, cfg.d_local) if cfg.ngram_buckets else None
+        # Previous-byte embeddings (config previous_bytes = k): byte i's input also holds b_{i-1}..b_{i-k}, so
+        # the first attention layer can match a byte's predecessor with a query's current byte — the induction
+        # step of copying ("previous token" information that a plain transformer must first build with an
+        # attention layer of its own). Exact bytes, not hashes: a copy needs their identity.
+        self.previous_bytes = cfg.previous_bytes
+        self.previous_embed = nn.Embedding(cfg.previous_bytes * cfg.vocab_size, cfg.d_local) \
+            if cfg.previous_bytes else None
         svf = cfg.svf_scope == "all"
         self.layers = nn.ModuleList(LocalBlock(cfg.d_local, cfg.local_heads, svf=svf)
                                     for _ in range(cfg.encoder_layers))
@@ -113,6 +128,9 @@ class LocalEncoder(nn.Module):
         if self.ngram_embed is not None:
             for idx in ngram_hashes(tokens, self.ngram_buckets):
                 x = x + self.ngram_embed(idx if last is None else idx.gather(1, last[:, None]))
+        if self.previous_embed is not None:
+            for idx in previous_tokens(tokens, self.previous_bytes):
+                x = x + self.previous_embed(idx if last is None else idx.gather(1, last[:, None]))
         return x
 
     def pool(self, seg, member, z=None):
