@@ -126,8 +126,8 @@ class NeatConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise NeatError(f"config field '{f.name}' must be an integer, got {value!r}")
-            low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window", "ngram_buckets", "previous_bytes",
-                                  "target_patch_len", "memory_max_grad_norm", "memory_key_shift") else 1
+            low = 0 if f.name in ("seed", "persistent_tokens", "encoder_layers", "attn_window", "ngram_buckets",
+                                  "previous_bytes", "target_patch_len", "memory_max_grad_norm", "memory_key_shift") else 1
             if value < low:
                 raise NeatError(f"config field '{f.name}' must be >= {low}, got {value}")
         if self.memory_arch not in MEMORY_ARCHS:
