@@ -51,6 +51,52 @@ def web_dir(bundle_dir, tmp_path_factory):
     return out
 
 
+def scatter_rows(cache: np.ndarray, index: np.ndarray, rows: np.ndarray, axis: int) -> np.ndarray:
+    """ONNX ScatterElements (no reduction) in numpy: what decoding.js's writeRows does in the page."""
+    out = cache.copy()
+    where = list(np.indices(rows.shape))
+    where[axis] = index
+    out[tuple(where)] = rows
+    return out
+
+
+def test_web_decode_graphs_return_their_cache_writes_as_rows(web_dir):
+    """The folder runs each decode graph's CPU rewrite (contrib ops the web build has, no others) in its web
+    form: writing the `web.scatter` rows a run returns into the cache it was fed gives, bit for bit, the whole
+    next cache the graph returns too; the spec's outputs are all still there, so Python reads the folder."""
+    import onnx
+    import onnxruntime as ort
+
+    from neat_edge.export.web import WEB_CONTRIB_OPS
+
+    manifest = json.loads((web_dir / "neat.json").read_text())
+    entries = manifest["decode"]["graphs"]["onnx"]
+    assert manifest["web"]["decode_graphs"] == "cpu"
+    assert not any(rel.endswith(".cpu.onnx") for rel in manifest["files"])  # one file per graph: the web form
+    for name in ("decode_byte", "decode_patch"):
+        entry = entries[name]
+        assert entry["file"] == entry["cpu"]["file"] == f"{name}.web.onnx"
+        scatter = entry["web"]["scatter"]
+        assert len(scatter) >= len(entry["cpu"]["in_place"]) - 1  # every cache write but the token's
+        model = onnx.load(str(web_dir / entry["file"]))
+        ops = {f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")}
+        assert ops and ops <= WEB_CONTRIB_OPS
+        session = ort.InferenceSession(str(web_dir / entry["file"]), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)  # any caches and weights: the contract holds for every input
+        feeds = {}
+        for t in entry["inputs"]:
+            shape = [1 if d == "batch" else d for d in t["shape"]]
+            feeds[t["name"]] = (rng.standard_normal(shape).astype(np.float32) if t["dtype"] == "float32"
+                                else np.full(shape, 5, np.int64))
+        names = [t["name"] for t in entry["outputs"]]
+        written = sorted({v for s in scatter.values() for v in (s["index"], s["rows"])})
+        values = dict(zip(names + written, session.run(names + written, feeds)))
+        for out, s in scatter.items():
+            cache = feeds["cache." + out.removeprefix("next_cache.")]
+            np.testing.assert_array_equal(scatter_rows(cache, values[s["index"]], values[s["rows"]], s["axis"]),
+                                          values[out])
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
@@ -173,11 +219,17 @@ def edit_manifest(folder: Path, edit) -> None:
     (folder / "neat.json").write_text(json.dumps(manifest))
 
 
+def decode_byte_file(folder: Path) -> str:
+    """the file the web folder runs as decode_byte (its web form, export/web_graphs.py)"""
+    return json.loads((folder / "neat.json").read_text())["decode"]["graphs"]["onnx"]["decode_byte"]["file"]
+
+
 def flip_byte(folder: Path) -> str:
-    data = bytearray((folder / "decode_byte.onnx").read_bytes())
+    rel = decode_byte_file(folder)
+    data = bytearray((folder / rel).read_bytes())
     data[len(data) // 2] ^= 0x01
-    (folder / "decode_byte.onnx").write_bytes(bytes(data))
-    return "decode_byte.onnx differs from the manifest (sha256 mismatch)"
+    (folder / rel).write_bytes(bytes(data))
+    return f"{rel} differs from the manifest (sha256 mismatch)"
 
 
 def path_outside(folder: Path) -> str:
@@ -196,8 +248,9 @@ def listed_outside(folder: Path) -> str:
 
 
 def unlisted_graph(folder: Path) -> str:
-    edit_manifest(folder, lambda m: m["files"].pop("decode_byte.onnx"))
-    return "decode_byte.onnx is not listed in the manifest's checksums (an unverified file): refused"
+    rel = decode_byte_file(folder)
+    edit_manifest(folder, lambda m: m["files"].pop(rel))
+    return f"{rel} is not listed in the manifest's checksums (an unverified file): refused"
 
 
 def other_graph_resigned(folder: Path) -> str:
