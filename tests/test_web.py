@@ -124,6 +124,36 @@ def open_page(browser, url, context=None):
     return page
 
 
+JS_WRITE_ROWS = """async (cases) => {
+  const { writeRows } = await import("./decoding.js");
+  const T = window.neatDemo.session.T;
+  return cases.map(([dims, shape, slots, rows, axis, seed]) => {
+    const cache = T("float32", Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, (_, i) => seed + i), dims);
+    writeRows(cache, T("int64", BigInt64Array.from(slots, BigInt), shape), T("float32", Float32Array.from(rows), shape), axis);
+    return Array.from(cache.data); }); }"""
+
+
+def test_write_rows_in_the_page_is_scatter_elements(browser, site):
+    """decoding.js's writeRows is ONNX ScatterElements: one row per slot (the export's cache writes, the block-copy
+    path), slots differing along a line, the last axis written, negative slots."""
+    rng = np.random.default_rng(1)
+    cases = []
+    for dims, shape, axis, uniform in [((1, 4, 16, 8), (1, 4, 1, 8), 2, True), ((1, 4, 16, 8), (1, 4, 2, 8), 2, False),
+                                       ((1, 2, 32), (1, 2, 3), 2, False), ((2, 5, 3), (2, 2, 3), 1, True)]:
+        slots = rng.integers(-dims[axis], dims[axis], size=shape)
+        if uniform:
+            slots = np.broadcast_to(slots[..., :1], shape).copy()
+        rows = rng.standard_normal(shape).astype(np.float32)
+        cases.append((dims, shape, slots, rows, axis))
+    page = open_page(browser, site)
+    got = page.evaluate(JS_WRITE_ROWS, [[list(d), list(s), sl.ravel().tolist(), r.ravel().tolist(), a, 0.5]
+                                        for d, s, sl, r, a in cases])
+    for (dims, shape, slots, rows, axis), out in zip(cases, got):
+        cache = (0.5 + np.arange(np.prod(dims))).astype(np.float32).reshape(dims)
+        np.testing.assert_array_equal(np.array(out, np.float32).reshape(dims), scatter_rows(cache, slots, rows, axis))
+    page.context.close()
+
+
 JS_STREAM = """async ([prompt, n]) => {
   const s = window.neatDemo.session; s.reset();
   const bytes = [], logprobs = [];

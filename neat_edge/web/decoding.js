@@ -227,19 +227,35 @@ export function writeRows(cache, index, rows, axis) {
     strides[d] = s;
     s *= dims[d];
   }
-  const at = new Array(rank).fill(0);
   const data = cache.data;
   const values = rows.data;
   const slots = index.data;
-  for (let p = 0; p < values.length; p++) {
-    let slot = Number(slots[p]);
-    if (slot < 0) slot += dims[axis];
-    if (!(slot >= 0 && slot < dims[axis])) throw new NeatError(`a cache write at ${slots[p]} is outside its cache (${dims[axis]} rows)`);
-    let offset = slot * strides[axis];
-    for (let d = 0; d < rank; d++) if (d !== axis) offset += at[d] * strides[d];
-    data[offset] = values[p];
-    for (let d = rank - 1; d >= 0 && ++at[d] === shape[d]; d--) at[d] = 0;
+  const last = rank - 1;
+  const line = shape[last]; // rows go line by line along the last axis; `at`: a line's other coordinates
+  const at = new Array(last).fill(0);
+  if (values.length === 0) return;
+  for (let p = 0; p < values.length; p += line) {
+    let base = 0;
+    for (let d = 0; d < last; d++) if (d !== axis) base += at[d] * strides[d];
+    if (axis === last) {
+      for (let q = 0; q < line; q++) data[base + slotOf(slots[p + q], dims[axis])] = values[p + q];
+    } else {
+      // a line whose slots are all one (every cache write the export makes: one row per slot) is contiguous in
+      // both the rows and the cache: one block copy
+      const first = slots[p];
+      let same = true;
+      for (let q = 1; q < line && same; q++) same = slots[p + q] === first;
+      if (same) data.set(values.subarray(p, p + line), base + slotOf(first, dims[axis]) * strides[axis]);
+      else for (let q = 0; q < line; q++) data[base + slotOf(slots[p + q], dims[axis]) * strides[axis] + q] = values[p + q];
+    }
+    for (let d = last - 1; d >= 0 && ++at[d] === shape[d]; d--) at[d] = 0;
   }
+}
+
+function slotOf(value, rows) {
+  const slot = Number(value) < 0 ? Number(value) + rows : Number(value);
+  if (!(slot >= 0 && slot < rows)) throw new NeatError(`a cache write at ${value} is outside its cache (${rows} rows)`);
+  return slot;
 }
 
 function cachesOf(out) {
