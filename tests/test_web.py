@@ -97,6 +97,24 @@ def test_web_decode_graphs_return_their_cache_writes_as_rows(web_dir):
                                           values[out])
 
 
+def test_web_export_keeps_the_plain_graphs_when_asked_or_when_the_rewrite_has_other_contrib_ops(bundle_dir, tmp_path,
+                                                                                                 monkeypatch, corpus):
+    """decode="plain", or a CPU rewrite with a contrib op the browser tests do not run: each decode graph's plain-op
+    file, without the `cpu` and `web` blocks; Python generates the same bytes from either folder."""
+    import neat_edge.export.web as web
+
+    plain = web.write_web(bundle_dir, tmp_path / "plain", decode="plain", log=lambda *_: None)
+    assert plain["web"]["decode_graphs"] == "plain"
+    monkeypatch.setattr(web, "WEB_CONTRIB_OPS", frozenset())  # RotaryEmbedding no longer among the tested ones
+    strict = web.write_web(bundle_dir, tmp_path / "strict", log=lambda *_: None)
+    for manifest in (plain, strict):
+        for name, entry in manifest["decode"]["graphs"]["onnx"].items():
+            assert entry["file"] == f"{name}.onnx" and "cpu" not in entry and "web" not in entry
+    prompt = corpus[:150]
+    assert (open_session(tmp_path / "plain", "onnxruntime", threads=1).generate(prompt, 64)
+            == open_session(bundle_dir, "onnxruntime", threads=1).generate(prompt, 64))
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():

@@ -35,9 +35,9 @@ ORT_FILES = {"wasm": ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-was
              "webgpu": ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs",
                         "ort-wasm-simd-threaded.asyncify.wasm")}
 ORT_DIR = "ort"
-GRAPH_TARGET = "onnx"  # the plain-op ONNX graphs: what ONNX Runtime Web runs
+GRAPH_TARGET = "onnx"  # the ONNX graphs (and the decode graphs' CPU rewrite beside them): what ONNX Runtime Web runs
 # contrib ops of the decode graphs' CPU rewrite that ONNX Runtime Web's WebAssembly build runs (tests/test_web.py
-# checks their outputs against Python's in headless chromium)
+# checks their outputs against Python's in headless chromium); a rewrite with any other stays out, its plain graph in
 WEB_CONTRIB_OPS = frozenset({"com.microsoft.RotaryEmbedding"})
 DECODE_CHOICES = ("cpu", "plain")
 # the decode graphs neat.js runs (model/graphs.py's); any other entry (a fused variant for one runtime) stays out
@@ -74,18 +74,21 @@ def onnxruntime_web(sources: Path = WEB_SOURCES) -> tuple[Path, str]:
     return dist, installed
 
 
-def web_decode_entry(entry: dict, choice: str) -> dict:
+def web_decode_entry(entry: dict, choice: str, contrib_ops=None) -> dict:
     """The manifest entry of one decode graph in the web folder. choice "cpu": the CPU rewrite where the
     export made one (export/onnx_fusion.py: ScatterElements cache writes, com.microsoft RotaryEmbedding;
     ONNX Runtime Web's WebAssembly build is ONNX Runtime's CPU execution provider, contrib kernels included,
     and runs it with the same outputs, faster) as `file`, its `cpu` block kept so that Python's CPU runtime
-    on the folder still writes those caches in place; "plain": the plain-op graph, the block dropped."""
-    if choice == "plain" or not isinstance(entry.get("cpu"), dict):
+    on the folder still writes those caches in place — unless contrib_ops(file) (the graph's contrib ops) names
+    one outside WEB_CONTRIB_OPS; "plain" (or that): the plain-op graph, the block dropped."""
+    cpu = entry.get("cpu")
+    if choice == "plain" or not isinstance(cpu, dict) or (contrib_ops and contrib_ops(cpu["file"]) - WEB_CONTRIB_OPS):
         return {k: v for k, v in entry.items() if k != "cpu"}
-    return {**entry, "file": entry["cpu"]["file"]}
+    return {**entry, "file": cpu["file"]}
 
 
-def web_manifest(manifest: dict, precision: str, bundle_dir: Path, graphs_choice: str = "cpu") -> dict:
+def web_manifest(manifest: dict, precision: str, bundle_dir: Path, graphs_choice: str = "cpu",
+                 contrib_ops=None) -> dict:
     """The manifest of the web folder: the ONNX graphs only (step, decode, entropy, image), in `precision`;
     no checkpoint files; `files` exactly the files those sections name."""
     graphs = manifest.get("graphs", {})
@@ -102,7 +105,7 @@ def web_manifest(manifest: dict, precision: str, bundle_dir: Path, graphs_choice
     if decode is not None:
         if GRAPH_TARGET not in decode.get("graphs", {}):
             raise NeatError(f"bundle {bundle_dir} has decode graphs, but none in plain ONNX ops: re-export it")
-        decode["graphs"] = {GRAPH_TARGET: {name: web_decode_entry(entry, graphs_choice)
+        decode["graphs"] = {GRAPH_TARGET: {name: web_decode_entry(entry, graphs_choice, contrib_ops)
                                            for name, entry in decode["graphs"][GRAPH_TARGET].items()
                                            if name in DECODE_GRAPHS}}
     for section in ("patching", "images"):
@@ -121,15 +124,20 @@ def web_manifest(manifest: dict, precision: str, bundle_dir: Path, graphs_choice
     return out
 
 
-def check_web_ops(path: Path, rel: str) -> None:
-    """The standard ONNX domain, and of the contrib ops only those the browser tests run (WEB_CONTRIB_OPS):
-    ONNX Runtime Web's WebAssembly build carries com.microsoft CPU kernels, but not necessarily every one, and a
-    missing one would only show when the page loads the graph."""
+def contrib_ops(path: Path) -> set[str]:
+    """The ops of an ONNX graph outside the standard domain, as "domain.Op"."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
-    other = sorted({f"{n.domain}.{n.op_type}" for n in nodes if n.domain not in ("", "ai.onnx")} - WEB_CONTRIB_OPS)
+    return {f"{n.domain}.{n.op_type}" for n in nodes if n.domain not in ("", "ai.onnx")}
+
+
+def check_web_ops(path: Path, rel: str) -> None:
+    """The standard ONNX domain, and of the contrib ops only those the browser tests run (WEB_CONTRIB_OPS):
+    ONNX Runtime Web's WebAssembly build carries com.microsoft CPU kernels, but not necessarily every one, and a
+    missing one would only show when the page loads the graph."""
+    other = sorted(contrib_ops(path) - WEB_CONTRIB_OPS)
     if other:
         raise NeatError(f"{rel} uses {', '.join(other[:3])}, which the web runtime does not run: the web target needs "
                         "the plain-op ONNX graphs or their CPU rewrite (re-export the bundle with --target onnx)")
@@ -169,7 +177,8 @@ def write_web(bundle_dir: str | Path, out: str | Path, precision: str = "fp32", 
     bundle = open_bundle(bundle_dir)  # every check and checksum of the Python reader, before anything is copied
     if decode not in DECODE_CHOICES:
         raise NeatError(f"web decode graphs '{decode}' unknown (choose from {', '.join(DECODE_CHOICES)})")
-    manifest = web_manifest(bundle.manifest, precision, bundle_dir, decode)
+    manifest = web_manifest(bundle.manifest, precision, bundle_dir, decode,
+                            lambda rel: contrib_ops(bundle.file(rel, f"files.{rel}")))
     config = bundle.config
     # what the JS runtime cannot derive from the config dict itself: the exact JSON the fingerprint and
     # the model id hash (Python's float formatting), and two properties of NeatConfig
