@@ -212,6 +212,21 @@ export class Decoder {
   }
 }
 
+// [web.scatter of a graph's manifest entry, the outputs to fetch]: each cache output named there is fetched as
+// its write's index and rows instead (checked: a write the page could not place would corrupt a cache silently).
+export function scatterPlan(spec) {
+  const scatter = spec.web?.scatter ?? {};
+  for (const [name, s] of Object.entries(scatter)) {
+    const out = spec.outputs.find((t) => t.name === name);
+    if (!out || !name.startsWith(CACHE_OUT) || !spec.inputs.some((t) => t.name === CACHE_IN + name.slice(CACHE_OUT.length))
+        || typeof s?.index !== "string" || typeof s?.rows !== "string" || !Number.isInteger(s.axis) || s.axis < 0 || s.axis >= out.shape.length) {
+      throw new NeatError(`bad bundle manifest: web.scatter of ${spec.file} names '${String(name).slice(0, 60)}', not a cache output of the graph with its index, rows and axis`);
+    }
+  }
+  const written = Object.values(scatter).flatMap((s) => [s.index, s.rows]);
+  return [scatter, [...new Set([...spec.outputs.map((t) => t.name).filter((n) => !(n in scatter)), ...written])]];
+}
+
 // ONNX's ScatterElements (no reduction), into `cache` in place: for every position p of `rows`, the cache
 // element at p with p[axis] replaced by index[p] becomes rows[p]. The graph computed next_cache.X so from
 // cache.X; doing it here spares copying the whole cache out of WebAssembly memory on every run.

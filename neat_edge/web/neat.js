@@ -9,7 +9,7 @@
 //   for await (const [byte, logprob] of session.stream(prompt, 64, { temperature: 0.8, seed: 1 })) ...
 
 import { openBundle, STATE_IN, STATE_OUT } from "./bundle.js";
-import { Decoder, EntropyPatcher, fixedPatches, idsFromStarts, sameArray } from "./decoding.js";
+import { Decoder, EntropyPatcher, fixedPatches, idsFromStarts, sameArray, scatterPlan } from "./decoding.js";
 import { dispatch as dispatchExperts, ExpertLibrary } from "./dispatch.js";
 import { bakeInputs } from "./onnx_edit.js";
 import { chooseByte, Rng } from "./sampling.js";
@@ -45,9 +45,7 @@ class Graph {
     this.names = spec.inputs.map((t) => t.name);
     // web.scatter (export/web_graphs.py): these cache outputs are fetched as the index and rows of their
     // write, which the caller writes into its own cache (decoding.js); every other output as it is
-    this.scatter = spec.web?.scatter ?? {};
-    const written = Object.values(this.scatter).flatMap((s) => [s.index, s.rows]);
-    this.fetches = [...new Set([...spec.outputs.map((t) => t.name).filter((n) => !(n in this.scatter)), ...written])];
+    [this.scatter, this.fetches] = scatterPlan(spec);
   }
 
   async run(feeds) {
