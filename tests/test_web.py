@@ -338,6 +338,27 @@ def test_tampered_bundles_are_refused_in_the_browser(browser, web_dir, tmp_path,
         page.context.close()
 
 
+def test_a_bad_cache_write_in_the_manifest_is_refused_in_the_page(browser, web_dir, tmp_path):
+    """web.scatter is the page's alone (Python fetches whole caches): an axis outside the cache, or a write naming
+    no cache output, is one NeatError when the graph opens, never a silently misplaced row."""
+    for bad, why in [(lambda sc, first: sc[first].update(axis=9), "with its index, rows and axis"),
+                     (lambda sc, first: sc.update({"hidden": sc.pop(first)}), "names 'hidden'")]:
+        folder = tmp_path / f"site{len(why)}"
+        shutil.copytree(web_dir, folder)
+
+        def edit(m, bad=bad):
+            scatter = m["decode"]["graphs"]["onnx"]["decode_byte"]["web"]["scatter"]
+            bad(scatter, sorted(scatter)[0])
+        edit_manifest(folder, edit)
+        with serving(folder) as url:
+            page = open_page(browser, url)
+            name, message = page.evaluate("async () => { try { await window.neatDemo.session.generate("
+                                          "Uint8Array.of(65), 1); return ['ran', '']; } "
+                                          "catch (e) { return [e.name, e.message]; } }")
+            assert name == "NeatError" and "web.scatter of decode_byte.web.onnx" in message and why in message
+            page.context.close()
+
+
 JS_DISPATCH = """async ([prompt, strategy, text]) => {
   const s = window.neatDemo.session; s.reset(); await s.score(Uint8Array.from(prompt.slice(0, 150)));
   const result = await s.dispatch(Uint8Array.from(prompt), strategy, 400);
