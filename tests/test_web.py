@@ -147,7 +147,8 @@ JS_WRITE_ROWS = """async (cases) => {
   const T = window.neatDemo.session.T;
   return cases.map(([dims, shape, slots, rows, axis, seed]) => {
     const cache = T("float32", Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, (_, i) => seed + i), dims);
-    writeRows(cache, T("int64", BigInt64Array.from(slots, BigInt), shape), T("float32", Float32Array.from(rows), shape), axis);
+    const write = (dtype, data) => T(dtype, data, shape);
+    writeRows(cache, write("int64", BigInt64Array.from(slots, BigInt)), write("float32", Float32Array.from(rows)), axis);
     return Array.from(cache.data); }); }"""
 
 
@@ -166,7 +167,7 @@ def test_write_rows_in_the_page_is_scatter_elements(browser, site):
     page = open_page(browser, site)
     got = page.evaluate(JS_WRITE_ROWS, [[list(d), list(s), sl.ravel().tolist(), r.ravel().tolist(), a, 0.5]
                                         for d, s, sl, r, a in cases])
-    for (dims, shape, slots, rows, axis), out in zip(cases, got):
+    for (dims, _, slots, rows, axis), out in zip(cases, got):
         cache = (0.5 + np.arange(np.prod(dims))).astype(np.float32).reshape(dims)
         np.testing.assert_array_equal(np.array(out, np.float32).reshape(dims), scatter_rows(cache, slots, rows, axis))
     page.context.close()

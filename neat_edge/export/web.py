@@ -7,8 +7,9 @@ server logic: ONNX Runtime Web's JavaScript and WebAssembly files, copied from t
 imports) and a demo page (index.html). What the browser does not need is left out: the PyTorch checkpoint
 (10 MB the page would download and hash for nothing), other targets' artifacts, and of each decode graph
 one file: its CPU rewrite where the bundle has one (ONNX Runtime Web's WebAssembly build is ONNX Runtime's
-CPU execution provider, and runs it), else the plain-op graph. The manifest is rewritten to name exactly the files copied, each with its sha256, so the JS
-runtime's checks are the Python reader's checks.
+CPU execution provider, and runs it) in its web form (export/web_graphs.py), else the plain-op graph. The
+manifest is rewritten to name exactly the files copied, each with its sha256, so the JS runtime's checks are
+the Python reader's checks.
 """
 
 from __future__ import annotations
