@@ -51,6 +51,70 @@ def web_dir(bundle_dir, tmp_path_factory):
     return out
 
 
+def scatter_rows(cache: np.ndarray, index: np.ndarray, rows: np.ndarray, axis: int) -> np.ndarray:
+    """ONNX ScatterElements (no reduction) in numpy: what decoding.js's writeRows does in the page."""
+    out = cache.copy()
+    where = list(np.indices(rows.shape))
+    where[axis] = index
+    out[tuple(where)] = rows
+    return out
+
+
+def test_web_decode_graphs_return_their_cache_writes_as_rows(web_dir):
+    """The folder runs each decode graph's CPU rewrite (contrib ops the web build has, no others) in its web
+    form: writing the `web.scatter` rows a run returns into the cache it was fed gives, bit for bit, the whole
+    next cache the graph returns too; the spec's outputs are all still there, so Python reads the folder."""
+    import onnx
+    import onnxruntime as ort
+
+    from neat_edge.export.web import WEB_CONTRIB_OPS
+
+    manifest = json.loads((web_dir / "neat.json").read_text())
+    entries = manifest["decode"]["graphs"]["onnx"]
+    assert manifest["web"]["decode_graphs"] == "cpu"
+    assert not any(rel.endswith(".cpu.onnx") for rel in manifest["files"])  # one file per graph: the web form
+    for name in ("decode_byte", "decode_patch"):
+        entry = entries[name]
+        assert entry["file"] == entry["cpu"]["file"] == f"{name}.web.onnx"
+        scatter = entry["web"]["scatter"]
+        assert len(scatter) >= len(entry["cpu"]["in_place"]) - 1  # every cache write but the token's
+        model = onnx.load(str(web_dir / entry["file"]))
+        ops = {f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")}
+        assert ops and ops <= WEB_CONTRIB_OPS
+        session = ort.InferenceSession(str(web_dir / entry["file"]), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)  # any caches and weights: the contract holds for every input
+        feeds = {}
+        for t in entry["inputs"]:
+            shape = [1 if d == "batch" else d for d in t["shape"]]
+            feeds[t["name"]] = (rng.standard_normal(shape).astype(np.float32) if t["dtype"] == "float32"
+                                else np.full(shape, 5, np.int64))
+        names = [t["name"] for t in entry["outputs"]]
+        written = sorted({v for s in scatter.values() for v in (s["index"], s["rows"])})
+        values = dict(zip(names + written, session.run(names + written, feeds)))
+        for out, s in scatter.items():
+            cache = feeds["cache." + out.removeprefix("next_cache.")]
+            np.testing.assert_array_equal(scatter_rows(cache, values[s["index"]], values[s["rows"]], s["axis"]),
+                                          values[out])
+
+
+def test_web_export_keeps_the_plain_graphs_when_asked_or_when_the_rewrite_has_other_contrib_ops(bundle_dir, tmp_path,
+                                                                                                 monkeypatch, corpus):
+    """decode="plain", or a CPU rewrite with a contrib op the browser tests do not run: each decode graph's plain-op
+    file, without the `cpu` and `web` blocks; Python generates the same bytes from either folder."""
+    import neat_edge.export.web as web
+
+    plain = web.write_web(bundle_dir, tmp_path / "plain", decode="plain", log=lambda *_: None)
+    assert plain["web"]["decode_graphs"] == "plain"
+    monkeypatch.setattr(web, "WEB_CONTRIB_OPS", frozenset())  # RotaryEmbedding no longer among the tested ones
+    strict = web.write_web(bundle_dir, tmp_path / "strict", log=lambda *_: None)
+    for manifest in (plain, strict):
+        for name, entry in manifest["decode"]["graphs"]["onnx"].items():
+            assert entry["file"] == f"{name}.onnx" and "cpu" not in entry and "web" not in entry
+    prompt = corpus[:150]
+    assert (open_session(tmp_path / "plain", "onnxruntime", threads=1).generate(prompt, 64)
+            == open_session(bundle_dir, "onnxruntime", threads=1).generate(prompt, 64))
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
@@ -76,6 +140,37 @@ def open_page(browser, url, context=None):
     page.goto(url + "index.html")
     page.evaluate("() => window.neatDemo.ready")
     return page
+
+
+JS_WRITE_ROWS = """async (cases) => {
+  const { writeRows } = await import("./decoding.js");
+  const T = window.neatDemo.session.T;
+  return cases.map(([dims, shape, slots, rows, axis, seed]) => {
+    const cache = T("float32", Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, (_, i) => seed + i), dims);
+    const write = (dtype, data) => T(dtype, data, shape);
+    writeRows(cache, write("int64", BigInt64Array.from(slots, BigInt)), write("float32", Float32Array.from(rows)), axis);
+    return Array.from(cache.data); }); }"""
+
+
+def test_write_rows_in_the_page_is_scatter_elements(browser, site):
+    """decoding.js's writeRows is ONNX ScatterElements: one row per slot (the export's cache writes, the block-copy
+    path), slots differing along a line, the last axis written, negative slots."""
+    rng = np.random.default_rng(1)
+    cases = []
+    for dims, shape, axis, uniform in [((1, 4, 16, 8), (1, 4, 1, 8), 2, True), ((1, 4, 16, 8), (1, 4, 2, 8), 2, False),
+                                       ((1, 2, 32), (1, 2, 3), 2, False), ((2, 5, 3), (2, 2, 3), 1, True)]:
+        slots = rng.integers(-dims[axis], dims[axis], size=shape)
+        if uniform:
+            slots = np.broadcast_to(slots[..., :1], shape).copy()
+        rows = rng.standard_normal(shape).astype(np.float32)
+        cases.append((dims, shape, slots, rows, axis))
+    page = open_page(browser, site)
+    got = page.evaluate(JS_WRITE_ROWS, [[list(d), list(s), sl.ravel().tolist(), r.ravel().tolist(), a, 0.5]
+                                        for d, s, sl, r, a in cases])
+    for (dims, _, slots, rows, axis), out in zip(cases, got):
+        cache = (0.5 + np.arange(np.prod(dims))).astype(np.float32).reshape(dims)
+        np.testing.assert_array_equal(np.array(out, np.float32).reshape(dims), scatter_rows(cache, slots, rows, axis))
+    page.context.close()
 
 
 JS_STREAM = """async ([prompt, n]) => {
@@ -173,11 +268,17 @@ def edit_manifest(folder: Path, edit) -> None:
     (folder / "neat.json").write_text(json.dumps(manifest))
 
 
+def decode_byte_file(folder: Path) -> str:
+    """the file the web folder runs as decode_byte (its web form, export/web_graphs.py)"""
+    return json.loads((folder / "neat.json").read_text())["decode"]["graphs"]["onnx"]["decode_byte"]["file"]
+
+
 def flip_byte(folder: Path) -> str:
-    data = bytearray((folder / "decode_byte.onnx").read_bytes())
+    rel = decode_byte_file(folder)
+    data = bytearray((folder / rel).read_bytes())
     data[len(data) // 2] ^= 0x01
-    (folder / "decode_byte.onnx").write_bytes(bytes(data))
-    return "decode_byte.onnx differs from the manifest (sha256 mismatch)"
+    (folder / rel).write_bytes(bytes(data))
+    return f"{rel} differs from the manifest (sha256 mismatch)"
 
 
 def path_outside(folder: Path) -> str:
@@ -196,8 +297,9 @@ def listed_outside(folder: Path) -> str:
 
 
 def unlisted_graph(folder: Path) -> str:
-    edit_manifest(folder, lambda m: m["files"].pop("decode_byte.onnx"))
-    return "decode_byte.onnx is not listed in the manifest's checksums (an unverified file): refused"
+    rel = decode_byte_file(folder)
+    edit_manifest(folder, lambda m: m["files"].pop(rel))
+    return f"{rel} is not listed in the manifest's checksums (an unverified file): refused"
 
 
 def other_graph_resigned(folder: Path) -> str:
@@ -235,6 +337,27 @@ def test_tampered_bundles_are_refused_in_the_browser(browser, web_dir, tmp_path,
         assert name == "NeatError" and why in message
         assert page.text_content("#status") == f"error: {message}"
         page.context.close()
+
+
+def test_a_bad_cache_write_in_the_manifest_is_refused_in_the_page(browser, web_dir, tmp_path):
+    """web.scatter is the page's alone (Python fetches whole caches): an axis outside the cache, or a write naming
+    no cache output, is one NeatError when the graph opens, never a silently misplaced row."""
+    for bad, why in [(lambda sc, first: sc[first].update(axis=9), "with its index, rows and axis"),
+                     (lambda sc, first: sc.update({"hidden": sc.pop(first)}), "names 'hidden'")]:
+        folder = tmp_path / f"site{len(why)}"
+        shutil.copytree(web_dir, folder)
+
+        def edit(m, bad=bad):
+            scatter = m["decode"]["graphs"]["onnx"]["decode_byte"]["web"]["scatter"]
+            bad(scatter, sorted(scatter)[0])
+        edit_manifest(folder, edit)
+        with serving(folder) as url:
+            page = open_page(browser, url)
+            name, message = page.evaluate("async () => { try { await window.neatDemo.session.generate("
+                                          "Uint8Array.of(65), 1); return ['ran', '']; } "
+                                          "catch (e) { return [e.name, e.message]; } }")
+            assert name == "NeatError" and "web.scatter of decode_byte.web.onnx" in message and why in message
+            page.context.close()
 
 
 JS_DISPATCH = """async ([prompt, strategy, text]) => {

@@ -6,6 +6,7 @@
 //   otherwise decode_byte.
 
 import { STATE_IN, STATE_OUT } from "./bundle.js";
+import { NeatError } from "./safetensors.js";
 
 const CACHE_IN = "cache.";
 const CACHE_OUT = "next_cache.";
@@ -94,21 +95,45 @@ export class Decoder {
       this.svfZ = Float32Array.from(svfZ);
       this.graphs = await this.provider.forZ(this.svfZ);
     }
+    // the tensors this stream's runs made: the only ones writeRows may change (a cache taken from the
+    // committed state is copied before its first write: the state stays as it was committed)
+    this.owned = new WeakSet();
     this.inputs = {};
     for (const [k, v] of Object.entries(state)) this.inputs[STATE_IN + k] = v;
-    this._take(await this.graphs.decode_start.run(this.inputs));
+    // the per-byte scalars: one tensor each, its value set before every run (ONNX Runtime Web copies
+    // every input into WebAssembly memory at the run, so a changed value is never seen late)
+    for (const name of ["token", "position", "patch", "patch_start", "chunk"]) this.inputs[name] = this.T("int64", new BigInt64Array(1), name === "token" ? [1, 1] : [1]);
+    this.inputs.close = this.T("float32", Float32Array.of(1), [1]);
+    this._take(await this._run(this.graphs.decode_start, this.inputs, this.inputs));
     this.position = 0;
     this.patch = 0;
     this.patchStart = 0;
     this.tokens = [];
     if (this.patcher) {
-      const out = await this.graphs.entropy_decode_start.run({ [STATE_IN + "byte_context"]: entropyContext });
-      this.entropyInputs = cachesOf(out);
+      this.entropyInputs = {};
+      const out = await this._run(this.graphs.entropy_decode_start, { [STATE_IN + "byte_context"]: entropyContext }, this.entropyInputs);
+      Object.assign(this.entropyInputs, cachesOf(out));
       this.entropyContext = entropyContext;
       this.entropies = [out.entropy.data[0]];
       this.patcherState = { prev: null, open: 0 };
       this._starts(out.entropy.data[0]);
     }
+  }
+
+  // graph.run, then its cache writes fetched as rows (graph.scatter) written into the caches of `caches`
+  async _run(graph, feeds, caches) {
+    const out = await graph.run(feeds);
+    for (const v of Object.values(out)) this.owned.add(v);
+    for (const [name, s] of Object.entries(graph.scatter)) {
+      const key = CACHE_IN + name.slice(CACHE_OUT.length);
+      let cache = caches[key];
+      if (!this.owned.has(cache)) {
+        cache = caches[key] = this.T(cache.type, cache.data.slice(), cache.dims);
+        this.owned.add(cache);
+      }
+      writeRows(cache, out[s.index], out[s.rows], s.axis);
+    }
+    return out;
   }
 
   _take(out) {
@@ -138,12 +163,12 @@ export class Decoder {
     const i = this.position;
     this.tokens.push(token);
     const feeds = this.inputs;
-    feeds.token = this.T("int64", BigInt64Array.of(BigInt(token)), [1, 1]);
-    feeds.position = this.T("int64", BigInt64Array.of(BigInt(i)), [1]);
-    feeds.patch = this.T("int64", BigInt64Array.of(BigInt(this.patch)), [1]);
-    feeds.patch_start = this.T("int64", BigInt64Array.of(BigInt(this.patchStart)), [1]);
+    feeds.token.data[0] = BigInt(token);
+    feeds.position.data[0] = BigInt(i);
+    feeds.patch.data[0] = BigInt(this.patch);
+    feeds.patch_start.data[0] = BigInt(this.patchStart);
     if (i === cfg.segment_len - 1) {
-      const out = await this.graphs.decode_commit.run(feeds);
+      const out = await this._run(this.graphs.decode_commit, feeds, feeds);
       return Object.fromEntries(Object.entries(out).filter(([k]) => k.startsWith(STATE_OUT)).map(([k, v]) => [k.slice(STATE_OUT.length), v]));
     }
     let start;
@@ -151,22 +176,21 @@ export class Decoder {
       start = (i + 1) % cfg.patch_size === 0;
     } else {
       Object.assign(this.entropyInputs, { token: feeds.token, position: feeds.position });
-      const out = await this.graphs.entropy_decode_byte.run(this.entropyInputs);
+      const out = await this._run(this.graphs.entropy_decode_byte, this.entropyInputs, this.entropyInputs);
       Object.assign(this.entropyInputs, cachesOf(out));
       this.entropies.push(out.entropy.data[0]);
       start = this._starts(out.entropy.data[0]);
     }
     if (start) {
-      feeds.close = this.T("float32", Float32Array.of(1), [1]);
-      this._update(await this.graphs.decode_patch.run(feeds));
+      this._update(await this._run(this.graphs.decode_patch, feeds, feeds));
       if (cfg.memory_chunks > 1 && (this.patch + 1) % this.chunkSpan === 0) {
-        feeds.chunk = this.T("int64", BigInt64Array.of(BigInt(Math.floor(this.patch / this.chunkSpan))), [1]);
-        this._update(await this.graphs.decode_chunk.run(feeds));
+        feeds.chunk.data[0] = BigInt(Math.floor(this.patch / this.chunkSpan));
+        this._update(await this._run(this.graphs.decode_chunk, feeds, feeds));
       }
       this.patch += 1;
       this.patchStart = i + 1;
     } else {
-      this._update(await this.graphs.decode_byte.run(feeds));
+      this._update(await this._run(this.graphs.decode_byte, feeds, feeds));
     }
     this.position = i + 1;
     return null;
@@ -186,6 +210,67 @@ export class Decoder {
       "entropy.prev": this.T("float32", Float32Array.of(this.entropies[this.entropies.length - 1]), [1]),
     };
   }
+}
+
+// [web.scatter of a graph's manifest entry, the outputs to fetch]: each cache output named there is fetched as
+// its write's index and rows instead (checked: a write the page could not place would corrupt a cache silently).
+export function scatterPlan(spec) {
+  const scatter = spec.web?.scatter ?? {};
+  for (const [name, s] of Object.entries(scatter)) {
+    const out = spec.outputs.find((t) => t.name === name);
+    if (!out || !name.startsWith(CACHE_OUT) || !spec.inputs.some((t) => t.name === CACHE_IN + name.slice(CACHE_OUT.length))
+        || typeof s?.index !== "string" || typeof s?.rows !== "string" || !Number.isInteger(s.axis) || s.axis < 0 || s.axis >= out.shape.length) {
+      throw new NeatError(`bad bundle manifest: web.scatter of ${spec.file} names '${String(name).slice(0, 60)}', not a cache output of the graph with its index, rows and axis`);
+    }
+  }
+  const written = Object.values(scatter).flatMap((s) => [s.index, s.rows]);
+  return [scatter, [...new Set([...spec.outputs.map((t) => t.name).filter((n) => !(n in scatter)), ...written])]];
+}
+
+// ONNX's ScatterElements (no reduction), into `cache` in place: for every position p of `rows`, the cache
+// element at p with p[axis] replaced by index[p] becomes rows[p]. The graph computed next_cache.X so from
+// cache.X; doing it here spares copying the whole cache out of WebAssembly memory on every run.
+export function writeRows(cache, index, rows, axis) {
+  const dims = cache.dims;
+  const shape = rows.dims;
+  const rank = dims.length;
+  if (shape.length !== rank || index.dims.length !== rank || index.dims.some((d, k) => d !== shape[k])) {
+    throw new NeatError(`a cache write of shape [${shape}] does not fit a cache of shape [${dims}]`);
+  }
+  const strides = new Array(rank);
+  for (let d = rank - 1, s = 1; d >= 0; d--) {
+    strides[d] = s;
+    s *= dims[d];
+  }
+  const data = cache.data;
+  const values = rows.data;
+  const slots = index.data;
+  const last = rank - 1;
+  const line = shape[last]; // rows go line by line along the last axis; `at`: a line's other coordinates
+  const at = new Array(last).fill(0);
+  if (values.length === 0) return;
+  for (let p = 0; p < values.length; p += line) {
+    let base = 0;
+    for (let d = 0; d < last; d++) if (d !== axis) base += at[d] * strides[d];
+    if (axis === last) {
+      for (let q = 0; q < line; q++) data[base + slotOf(slots[p + q], dims[axis])] = values[p + q];
+    } else {
+      // a line whose slots are all one (every cache write the export makes: one row per slot) is contiguous in
+      // both the rows and the cache: one block copy
+      const first = slots[p];
+      let same = true;
+      for (let q = 1; q < line && same; q++) same = slots[p + q] === first;
+      if (same) data.set(values.subarray(p, p + line), base + slotOf(first, dims[axis]) * strides[axis]);
+      else for (let q = 0; q < line; q++) data[base + slotOf(slots[p + q], dims[axis]) * strides[axis] + q] = values[p + q];
+    }
+    for (let d = last - 1; d >= 0 && ++at[d] === shape[d]; d--) at[d] = 0;
+  }
+}
+
+function slotOf(value, rows) {
+  const slot = Number(value) < 0 ? Number(value) + rows : Number(value);
+  if (!(slot >= 0 && slot < rows)) throw new NeatError(`a cache write at ${value} is outside its cache (${rows} rows)`);
+  return slot;
 }
 
 function cachesOf(out) {

@@ -9,7 +9,7 @@
 //   for await (const [byte, logprob] of session.stream(prompt, 64, { temperature: 0.8, seed: 1 })) ...
 
 import { openBundle, STATE_IN, STATE_OUT } from "./bundle.js";
-import { Decoder, EntropyPatcher, fixedPatches, idsFromStarts, sameArray } from "./decoding.js";
+import { Decoder, EntropyPatcher, fixedPatches, idsFromStarts, sameArray, scatterPlan } from "./decoding.js";
 import { dispatch as dispatchExperts, ExpertLibrary } from "./dispatch.js";
 import { bakeInputs } from "./onnx_edit.js";
 import { chooseByte, Rng } from "./sampling.js";
@@ -33,15 +33,19 @@ class Graph {
     const want = entry.inputs.map((t) => t.name);
     const extra = [...want.filter((n) => !session.inputNames.includes(n)), ...session.inputNames.filter((n) => !want.includes(n))];
     if (extra.length) throw new NeatError(`graph ${entry.file} disagrees with the manifest: input '${extra[0]}' is in ${want.includes(extra[0]) ? "the manifest only" : "the graph only"}`);
-    const missing = entry.outputs.find((t) => !session.outputNames.includes(t.name));
-    if (missing) throw new NeatError(`graph ${entry.file} disagrees with the manifest: the graph has no output '${missing.name}'`);
-    return new Graph(session, entry);
+    const graph = new Graph(session, entry);
+    const missing = [...entry.outputs.map((t) => t.name), ...graph.fetches].find((n) => !session.outputNames.includes(n));
+    if (missing) throw new NeatError(`graph ${entry.file} disagrees with the manifest: the graph has no output '${missing}'`);
+    return graph;
   }
 
   constructor(session, spec) {
     this.session = session;
     this.spec = spec;
     this.names = spec.inputs.map((t) => t.name);
+    // web.scatter (export/web_graphs.py): these cache outputs are fetched as the index and rows of their
+    // write, which the caller writes into its own cache (decoding.js); every other output as it is
+    [this.scatter, this.fetches] = scatterPlan(spec);
   }
 
   async run(feeds) {
@@ -50,7 +54,7 @@ class Graph {
       if (feeds[n] === undefined) throw new NeatError(`graph ${this.spec.file}: no value for input '${n}'`);
       chosen[n] = feeds[n];
     }
-    return this.session.run(chosen);
+    return this.session.run(chosen, this.fetches);
   }
 }
 
