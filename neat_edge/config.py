@@ -34,7 +34,7 @@ SVF_SCOPES = ("latent", "all")  # where SVF linears sit: latent layers only, or 
 
 FLOAT_FIELDS = ("memory_theta_max", "memory_theta_init")
 OMIT_WHEN_DEFAULT = {"memory_theta_max": 0.02, "memory_theta_init": 0.01, "memory_rule": "titans",
-                     "memory_step": "sum", "memory_key_shift": 0}
+                     "memory_step": "sum", "memory_key_shift": 0, "previous_bytes": 0}
 STRING_FIELDS = ("name", "memory_arch", "patching", "patch_pooling", "svf_scope", "memory_rule", "memory_step")
 
 
