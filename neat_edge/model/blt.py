@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neat_edge.config import BOS, N_SPECIALS, NeatConfig
+from neat_edge.config import BOS, NeatConfig
 from neat_edge.model.layers import MLP, Attention, RMSNorm, write_slot
 
 
@@ -68,13 +68,17 @@ NGRAM_SIZES = range(3, 9)  # BLT hash n-gram embeddings, n = 3..8
 NGRAM_BASE = 263  # polynomial hash base (prime > vocab); 263^7 · 260 stays far inside int64
 
 
+def _bos_padded(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """tokens [B, L] with n BOS in front: what the positions before the window's start read as."""
+    pad = torch.full((tokens.shape[0], n), BOS, dtype=tokens.dtype, device=tokens.device)
+    return torch.cat([pad, tokens], dim=1)
+
+
 def ngram_hashes(tokens: torch.Tensor, buckets: int) -> list[torch.Tensor]:
     """For each n in 3..8, the bucket of the n-gram ending at every position of tokens [B, L]
     (positions before the start read as BOS). Plain int64 Mul/Add/Mod: exportable, deterministic."""
     longest = max(NGRAM_SIZES)
-    pad = torch.full((tokens.shape[0], longest - 1), BOS, dtype=tokens.dtype, device=tokens.device)
-    padded = torch.cat([pad, tokens], dim=1)
-    length = tokens.shape[1]
+    padded, length = _bos_padded(tokens, longest - 1), tokens.shape[1]
     out, h = [], torch.zeros_like(tokens)
     for k in range(longest):  # h accumulates tok[j-k] · BASE^k
         start = longest - 1 - k
@@ -85,13 +89,10 @@ def ngram_hashes(tokens: torch.Tensor, buckets: int) -> list[torch.Tensor]:
     return out
 
 
-def previous_tokens(tokens: torch.Tensor, k: int) -> list[torch.Tensor]:
+def previous_tokens(tokens: torch.Tensor, k: int, vocab: int) -> list[torch.Tensor]:
     """For s = 1..k, the token s positions before every position of tokens [B, L] (BOS before the start),
-    offset by (s - 1) · 260 into one shared table: plain Slice/Concat/Add, exportable."""
-    vocab = 256 + N_SPECIALS
-    pad = torch.full((tokens.shape[0], k), BOS, dtype=tokens.dtype, device=tokens.device)
-    padded = torch.cat([pad, tokens], dim=1)
-    length = tokens.shape[1]
+    offset by (s - 1) · vocab into one shared table: plain Slice/Concat/Add, exportable."""
+    padded, length = _bos_padded(tokens, k), tokens.shape[1]
     return [padded[:, k - s : k - s + length] + (s - 1) * vocab for s in range(1, k + 1)]
 
 
@@ -129,7 +130,7 @@ class LocalEncoder(nn.Module):
             for idx in ngram_hashes(tokens, self.ngram_buckets):
                 x = x + self.ngram_embed(idx if last is None else idx.gather(1, last[:, None]))
         if self.previous_embed is not None:
-            for idx in previous_tokens(tokens, self.previous_bytes):
+            for idx in previous_tokens(tokens, self.previous_bytes, self.embed.num_embeddings):
                 x = x + self.previous_embed(idx if last is None else idx.gather(1, last[:, None]))
         return x
 

@@ -38,8 +38,7 @@ def train_command(
     save_every: int = typer.Option(0, "--save-every", min=0, help="Save weights + trainer state every N steps."),
     step_mode: str = typer.Option("auto", "--step-mode", help="How the training step runs: auto (compile on CUDA, "
                                   "eager on the CPU), eager (plain PyTorch), compile (the whole window as one "
-                                  "torch.compile graph), graphs "
-                                  "(compile + CUDA graphs)."),
+                                  "torch.compile graph), graphs (compile + CUDA graphs)."),
     memory_budget: float = typer.Option(1.0, "--memory-budget", min=0.01, max=1.0, help="Compiled steps: the "
                                         "share of saved activations the backward may keep (below 1 it recomputes "
                                         "the cheapest rest: less memory, more FLOPs)."),
