@@ -24,18 +24,9 @@ from neat_edge.spec import CACHE_IN, CACHE_OUT
 WEB_SUFFIX = ".web.onnx"  # decode_byte.cpu.onnx -> decode_byte.web.onnx
 
 
-def _reduction(node) -> str:
-    for a in node.attribute:
-        if a.name == "reduction":
-            return helper.get_attribute_value(a).decode()
-    return "none"
-
-
-def _axis(node) -> int:
-    for a in node.attribute:
-        if a.name == "axis":
-            return int(helper.get_attribute_value(a))
-    return 0
+def _attribute(node, name: str, default):
+    """A node attribute's value, or `default` where the node leaves it unset."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def scatter_outputs(model: onnx.ModelProto) -> dict:
@@ -55,7 +46,7 @@ def scatter_outputs(model: onnx.ModelProto) -> dict:
             continue
         source = CACHE_IN + out.name[len(CACHE_OUT):]
         data, index, rows = node.input
-        if data != source or source not in inputs or _reduction(node) != "none":
+        if data != source or source not in inputs or _attribute(node, "reduction", b"none") != b"none":
             continue
         if any(v in inputs or v in initializers or v not in producer for v in (index, rows)):
             continue
@@ -66,7 +57,7 @@ def scatter_outputs(model: onnx.ModelProto) -> dict:
         for name, dtype in ((index, types.get(index, onnx.TensorProto.INT64)), (rows, elem)):
             if name not in outputs and name not in added:
                 added[name] = helper.make_tensor_value_info(name, dtype, [None] * rank)
-        axis = _axis(node)
+        axis = int(_attribute(node, "axis", 0))
         scatter[out.name] = {"axis": axis + rank if axis < 0 else axis, "index": index, "rows": rows}
     graph.output.extend(added.values())
     return scatter
