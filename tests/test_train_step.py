@@ -66,6 +66,7 @@ def _saved_bytes_and_grads(model, x, budget: float):
     return sum(saved), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.slow  # two traces of a whole window with the min-cut partitioner: about a minute on 2 cores
 def test_a_memory_budget_saves_fewer_activations_for_the_same_gradients(tiny_and_windows):
     base, x = tiny_and_windows
     torch._dynamo.reset()
